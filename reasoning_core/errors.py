@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Every mistake a user can make at an entry point (a wrong path, a corrupt file, a config that does
+not fit a checkpoint) raises `UserError` with one readable sentence. Entry points catch it, print
+`error: <message>` on one line and exit with status 2; anything else is a bug and keeps its
+traceback.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, unreadable, or does not fit the model configuration."""
+
+
+class DatasetError(UserError):
+    """A dataset directory is missing, malformed, or does not fit the model."""
+
+
+class ConfigError(UserError):
+    """A configuration value is invalid or inconsistent with another one."""
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a `UserError` (and Hydra/OmegaConf config errors) into one line on stderr and exit 2."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
