@@ -9,6 +9,7 @@ count loader batches). In eval mode halting ignores the Q head: every example ru
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -34,6 +35,10 @@ class ACTModel(nn.Module):
         super().__init__()
         self.inner = inner
         self.config = inner.config
+        # Optional trajectory augmentation: called as perturb(carry, reset_mask) right after the
+        # reset, it returns the carry with noise on the freshly reset rows. None = off (the
+        # forward is then exactly the official one).
+        self.perturb: Callable[[LatentCarry, torch.Tensor], LatentCarry] | None = None
 
     @property
     def puzzle_emb(self):
@@ -53,6 +58,8 @@ class ACTModel(nn.Module):
     def forward(self, carry: ACTCarry, batch: Batch) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
         cfg = self.config
         inner = self.inner.reset_carry(carry.halted, carry.inner)
+        if self.perturb is not None and self.training:
+            inner = self.perturb(inner, carry.halted)
         steps = torch.where(carry.halted, 0, carry.steps)
         data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
 

@@ -1,0 +1,25 @@
+"""Shared fixtures: the official parity fixtures copied from the official implementations."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import hrm  # noqa: E402,F401  (registers the archs for every test)
+import trm  # noqa: E402,F401
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
+OFFICIAL_MODELS = ("trm_mlp", "trm_att", "hrm")
+
+
+@pytest.fixture(params=OFFICIAL_MODELS)
+def official_fixture(request) -> Path:
+    """Folder with run/step_100, run/all_config.yaml, data/ and expected.npz."""
+    return OFFICIAL_FIXTURES / request.param
