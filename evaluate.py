@@ -20,7 +20,8 @@ import hrm  # noqa: F401  (registers the arch)
 import trm  # noqa: F401
 from reasoning_core.checkpoint import load_checkpoint
 from reasoning_core.dist import cleanup, init_distributed, resolve_device
-from reasoning_core.errors import ConfigError, exit_on_user_error
+from reasoning_core.cli import hydra_cli
+from reasoning_core.errors import exit_on_user_error
 from reasoning_core.evaluation import EvalOptions, evaluate_split, write_eval_outputs
 from reasoning_core.logging import get_logger
 from reasoning_core.manifest import build_manifest, write_manifest
@@ -77,12 +78,8 @@ def run(cfg: EvaluateConfig) -> dict:
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(dict_cfg) -> None:
     with exit_on_user_error():
-        for key in ("checkpoint", "data_path", "output_dir"):
-            if OmegaConf.is_missing(dict_cfg, key):
-                raise ConfigError(f"{key}=... is required (python evaluate.py checkpoint=PATH data_path=DIR output_dir=OUT)")
-        cfg: EvaluateConfig = OmegaConf.to_object(dict_cfg)
-        run(cfg)
+        run(OmegaConf.to_object(dict_cfg))
 
 
 if __name__ == "__main__":
-    main()
+    hydra_cli("evaluate", main)

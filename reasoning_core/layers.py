@@ -29,9 +29,9 @@ def math_sdpa() -> Iterator[None]:
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weightless RMSNorm over the last axis, computed in float32, returned in x's dtype."""
+    """Weightless RMSNorm over the last axis, computed in (at least) float32, returned in x's dtype."""
     dtype = x.dtype
-    x = x.to(torch.float32)
+    x = x.to(torch.promote_types(dtype, torch.float32))
     x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
     return x.to(dtype)
 
@@ -89,10 +89,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q, k of shape (B, S, H, hd) in fp32 (the dtype of cos), returning the input dtype."""
+    """Rotate q, k of shape (B, S, H, hd) in (at least) fp32, returning the input dtype."""
     dtype = q.dtype
-    q, k = q.to(cos.dtype), k.to(cos.dtype)
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (S, 1, hd) broadcasts over heads
+    compute = torch.promote_types(dtype, cos.dtype)  # fp32 for bf16/fp32 models, fp64 in diagnostics
+    q, k = q.to(compute), k.to(compute)
+    cos, sin = cos.to(compute).unsqueeze(-2), sin.to(compute).unsqueeze(-2)  # (S, 1, hd) broadcasts over heads
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
     return q.to(dtype), k.to(dtype)

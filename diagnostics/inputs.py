@@ -1,0 +1,90 @@
+"""What every dynamics study starts from: a checkpoint in inference form and a seeded sample of a
+dataset split, as numpy arrays joined by example index.
+
+The recurrence runs in float32 (default) or float64 whatever the checkpoint's training dtype
+(analysis §1: tangent growth in bf16 is noise), in eval mode.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+import hrm  # noqa: F401  (registers the arch)
+import trm  # noqa: F401
+from puzzles.layout import PuzzleMetadata, load_split
+from reasoning_core.checkpoint import LoadedCheckpoint, load_checkpoint
+from reasoning_core.config import ArchConfig
+from reasoning_core.core import RecurrentCore
+from reasoning_core.errors import ConfigError
+from reasoning_core.evaluation import check_data_fits, example_puzzle_ids, select_indices
+from reasoning_core.losses import IGNORE_LABEL_ID
+
+STUDY_DTYPES = ("float32", "float64")
+
+
+@dataclass
+class StudyInputs:
+    """A model and the examples to study: index/inputs/labels/puzzle_ids have N rows."""
+
+    core: RecurrentCore
+    arch: ArchConfig
+    checkpoint: LoadedCheckpoint
+    checkpoint_sha256: str
+    metadata: PuzzleMetadata
+    index: np.ndarray  # (N,) positions in the split
+    inputs: np.ndarray  # (N, L) int32
+    labels: np.ndarray  # (N, L) int64, ignored cells = -100
+    puzzle_ids: np.ndarray  # (N,) int32
+    device: torch.device
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[int, slice, dict[str, torch.Tensor]]]:
+        """(batch number, row slice, batch on device) in order, from batch number `start` on."""
+        n_batches = -(-len(self.index) // batch_size)
+        for b in range(start, n_batches):
+            rows = slice(b * batch_size, min((b + 1) * batch_size, len(self.index)))
+            yield b, rows, {
+                "inputs": torch.from_numpy(self.inputs[rows]).to(self.device),
+                "labels": torch.from_numpy(self.labels[rows]).to(self.device),
+                "puzzle_identifiers": torch.from_numpy(self.puzzle_ids[rows]).to(self.device),
+            }
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_study_inputs(checkpoint: str, data_path: str, *, n: int | None, seed: int, dtype: str = "float32",
+                      device: torch.device | str = "cpu", split: str = "test") -> StudyInputs:
+    """Load the model (in `dtype`, eval mode) and the seeded sample of `data_path/split`."""
+    if dtype not in STUDY_DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: diagnostics run in one of {list(STUDY_DTYPES)}")
+    data = load_split(data_path, split)
+    loaded = load_checkpoint(checkpoint, seq_len=data.metadata.seq_len, overrides={"forward_dtype": dtype}, device=device)
+    check_data_fits(loaded.arch, data.metadata, data, data_path)
+    index = select_indices(len(data.inputs), n, seed)
+    labels = np.asarray(data.labels[index]).astype(np.int64)
+    if data.metadata.ignore_label_id is not None:
+        labels[labels == data.metadata.ignore_label_id] = IGNORE_LABEL_ID
+    core = loaded.model.model.inner
+    core.requires_grad_(False)
+    return StudyInputs(
+        core=core,
+        arch=loaded.arch,
+        checkpoint=loaded,
+        checkpoint_sha256=file_sha256(loaded.path),
+        metadata=data.metadata,
+        index=index,
+        inputs=np.asarray(data.inputs[index]).astype(np.int32),
+        labels=labels,
+        puzzle_ids=example_puzzle_ids(data, index).astype(np.int32),
+        device=torch.device(device),
+    )
