@@ -1,0 +1,332 @@
+"""The `spectrum` study: finite-time Lyapunov spectra of a checkpoint's inference, per example.
+
+What is estimated (analysis §1-2): for each sampled test example, the k leading finite-time
+Lyapunov exponents of the joint latent recurrence (z_H, z_L) over a fixed unroll of S ACT segments
+(default `halt_max_steps`; halting recorded, not applied), per module evaluation ("sub-update":
+TRM Sudoku 21 per segment, HRM default 6), natural log. Multiply by sub-updates per segment for
+exponents per segment.
+
+Algorithm, per batch (`diagnostics.adapters.segment_ftle`):
+  1. x = input embedding, z0 = the reset carry (H_init, L_init); k Gaussian tangents per example,
+     seeded per example from (tangent_seed, example index), so an example's result does not depend
+     on the batch it falls in; QR-orthonormalised.
+  2. Each sub-update pushes the state and the tangents (closed-form JVPs, `jvp_impl=manual`, or
+     `torch.func.jvp`, `func`); QR every t_ons sub-updates and at each segment end; log|R_ii|
+     (|R_ii| clamped at 1e-30) summed per segment -> log_r_segment (N, S, k), frame order.
+  3. lambda = sort(sum of log_r_segment over segments [warmup_segments, S)) / sub-updates in that
+     window. **Choice**: warmup segments are part of the S-segment trajectory (the answer is
+     still decoded at segment S) and are only left out of lambda; log_r_segment keeps them.
+  4. After every segment: answer = argmax of the logits at positions P:, exact match against the
+     labels, q_halt, q_continue. Success = exact at segment S.
+
+Outputs in the run directory: `summary.json`, `report.md`, `lambda1_hist.png`, `manifest.json`,
+`metrics.jsonl`, `shards/` (one file per finished batch: a killed run restarted with the same
+settings resumes and gives identical arrays) and `results.npz`, N examples joined by `index`:
+
+    index (N,) int64            position in the test split (seeded sample, sorted)
+    exact (N,) bool             success = exact match at the last segment
+    lambda (N, k) float64       exponents per sub-update, descending
+    log_r_segment (N, S, k)     per-segment sums of log|R_ii|, frame order, float64
+    exact_by_segment (N, S)     exact match after each segment
+    q_halt, q_continue (N, S)   halting logits after each segment, float32
+    givens (N,) int64           non-blank input cells (Sudoku: tokens other than pad 0, blank 1)
+
+Statistics: accuracy, median lambda_1 of successes and failures, AUC(-lambda_1 -> success)
+(Mann-Whitney, ties averaged) with a seeded bootstrap 95% CI (1000 resamples of examples).
+Known failure modes: see `diagnostics.lyapunov` (float32 drift, near-zero exponents); exponents of
+different estimators, dtypes or sub-update conventions are not comparable, so all are stored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.config_store import ConfigStore
+from scipy.stats import rankdata
+
+from diagnostics.adapters import JVP_IMPLS, SUB_UPDATE_CONVENTION, SubUpdateMap, keep_freed_memory, segment_ftle
+from diagnostics.config import StudyConfig
+from diagnostics.inputs import StudyInputs, load_study_inputs
+from diagnostics.lyapunov import ESTIMATOR
+from diagnostics.report import markdown_table, write_outputs
+from diagnostics.shards import ShardStore
+from reasoning_core.atomic import atomic_write_bytes
+from reasoning_core.dist import resolve_device
+from reasoning_core.errors import ConfigError
+from reasoning_core.logging import MetricsSink, WandbConfig, get_logger, rank0_tqdm
+from reasoning_core.manifest import build_manifest, write_manifest
+
+log = get_logger("diagnostics.spectrum")
+SUDOKU_PAD, SUDOKU_BLANK = 0, 1
+BOOTSTRAP_SAMPLES = 1000
+FIGURE = "lambda1_hist.png"
+
+
+@dataclass
+class SpectrumStudyConfig(StudyConfig):
+    """Settings of the `spectrum` study (conf/study/spectrum.yaml).
+
+    k: exponents per example (tangent vectors); 1 gives lambda_1 alone.
+    t_ons: sub-updates between QR re-orthonormalisations (within a segment).
+    segments: ACT segments unrolled; None = the checkpoint's halt_max_steps.
+    warmup_segments: leading segments left out of lambda (still unrolled and stored).
+    jvp_impl: "manual" (closed-form block JVPs, fast) or "func" (torch.func.jvp, for checking).
+    tangent_seed: seeds the initial frames (per example, with the example index).
+    """
+
+    name: str = "spectrum"
+    k: int = 8
+    t_ons: int = 1
+    segments: int | None = None
+    warmup_segments: int = 0
+    jvp_impl: str = "manual"
+    tangent_seed: int = 0
+
+
+def register_schema() -> None:
+    """Make `/schema/study/spectrum` available to conf/study/spectrum.yaml (idempotent)."""
+    ConfigStore.instance().store(group="schema/study", name="spectrum", node=SpectrumStudyConfig)
+
+
+register_schema()
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUC = P(score of a positive > score of a negative), ties counted 1/2; NaN
+    when a class is empty."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)  # average ranks for ties
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _bootstrap_ci(scores: np.ndarray, positive: np.ndarray, *, seed: int, n_boot: int = BOOTSTRAP_SAMPLES, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of `_auc` over resampled examples (resamples with one class skipped)."""
+    rng = np.random.default_rng(seed)
+    n = len(scores)
+    values = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n, n)
+        value = _auc(scores[pick], positive[pick])
+        if not math.isnan(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def _median(values: np.ndarray) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+# --- per-batch computation -------------------------------------------------------------------------
+
+def example_frames(index: np.ndarray, k: int, state_shape: tuple[int, ...], tangent_seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(B, k, *state) Gaussian tangents, example i's drawn from a generator seeded by
+    (tangent_seed, index[i]), independent of batching."""
+    frames = []
+    for idx in index:
+        seed = int(np.random.SeedSequence([tangent_seed, int(idx)]).generate_state(1, dtype=np.uint64)[0])
+        g = torch.Generator().manual_seed(seed)
+        frames.append(torch.randn((1, k, *state_shape), generator=g, dtype=dtype))
+    return torch.cat(frames).to(device)
+
+
+def givens_count(inputs: np.ndarray) -> np.ndarray:
+    """(N,) number of given cells of Sudoku inputs (N, L): tokens other than pad 0 and blank 1."""
+    return ((inputs != SUDOKU_PAD) & (inputs != SUDOKU_BLANK)).sum(-1).astype(np.int64)
+
+
+def spectrum_batch(inputs: StudyInputs, rows: slice, batch: dict[str, torch.Tensor], study: SpectrumStudyConfig, segments: int) -> dict[str, np.ndarray]:
+    """The study's arrays for one batch (see `results.npz` in the module doc)."""
+    smap = SubUpdateMap(inputs.core, batch)
+    z0 = smap.initial_state()
+    frames = example_frames(inputs.index[rows], study.k, tuple(z0.shape[1:]), study.tangent_seed, z0.dtype, z0.device)
+    ftle = segment_ftle(smap, segments=segments, k=study.k, t_ons=study.t_ons, z0=z0, tangents=frames, jvp_impl=study.jvp_impl)
+    exact_by_segment = ftle.readouts.exact(batch["labels"])
+    return {
+        "index": inputs.index[rows].astype(np.int64),
+        "exact": exact_by_segment[:, -1].cpu().numpy(),
+        "lambda": ftle.exponents(start=study.warmup_segments).cpu().numpy(),
+        "log_r_segment": ftle.log_r_segment.cpu().numpy(),
+        "exact_by_segment": exact_by_segment.cpu().numpy(),
+        "q_halt": ftle.readouts.q_halt.float().cpu().numpy(),
+        "q_continue": ftle.readouts.q_continue.float().cpu().numpy(),
+        "givens": givens_count(inputs.inputs[rows]),
+    }
+
+
+# --- the study ---------------------------------------------------------------------------------------
+
+def _check(cfg: Any, segments: int | None) -> None:
+    """Refuse settings that cannot run (segments None: before the checkpoint is loaded)."""
+    study = cfg.study
+    if cfg.checkpoint is None or cfg.data_path is None:
+        raise ConfigError("study=spectrum needs checkpoint=PATH and data_path=DIR")
+    if segments is None:
+        return
+    if study.jvp_impl not in JVP_IMPLS:
+        raise ConfigError(f"study.jvp_impl={study.jvp_impl!r} is not one of {list(JVP_IMPLS)}")
+    if study.k < 1 or study.t_ons < 1:
+        raise ConfigError(f"study.k={study.k} and study.t_ons={study.t_ons} must both be >= 1")
+    if segments < 1:
+        raise ConfigError(f"study.segments={segments} must be >= 1")
+    if not 0 <= study.warmup_segments < segments:
+        raise ConfigError(f"study.warmup_segments={study.warmup_segments} must be in [0, {segments}) so that some segments are measured")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1")
+
+
+def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], seed: int) -> dict[str, Any]:
+    """summary.json: the settings in `meta` plus accuracy, medians and AUC(-lambda_1 -> success)."""
+    success = results["exact"].astype(bool)
+    lam1 = results["lambda"][:, 0]
+    auc = _auc(-lam1, success)
+    lo, hi = _bootstrap_ci(-lam1, success, seed=seed) if not math.isnan(auc) else (math.nan, math.nan)
+    per_seg = meta["sub_updates_per_segment"]
+    med_s, med_f = _median(lam1[success]), _median(lam1[~success])
+
+    def none_if_nan(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
+    return {
+        **meta,
+        "n_success": int(success.sum()),
+        "n_failure": int((~success).sum()),
+        "accuracy": float(success.mean()) if len(success) else None,
+        "median_lambda1_success": med_s,
+        "median_lambda1_failure": med_f,
+        "median_lambda1_success_per_segment": None if med_s is None else med_s * per_seg,
+        "median_lambda1_failure_per_segment": None if med_f is None else med_f * per_seg,
+        "mean_spectrum_success": results["lambda"][success].mean(0).tolist() if success.any() else None,
+        "mean_spectrum_failure": results["lambda"][~success].mean(0).tolist() if (~success).any() else None,
+        "auc_neg_lambda1": none_if_nan(auc),
+        "auc_neg_lambda1_ci95": None if math.isnan(lo) else [lo, hi],
+        "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": seed},
+    }
+
+
+def plot_lambda1(results: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Histogram of lambda_1 for successes and failures, written atomically as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    success = results["exact"].astype(bool)
+    lam1 = results["lambda"][:, 0]
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bins = np.histogram_bin_edges(lam1, bins=40) if len(lam1) else 10
+    for mask, label, color in ((success, "success", "tab:blue"), (~success, "failure", "tab:red")):
+        if mask.any():
+            ax.hist(lam1[mask], bins=bins, alpha=0.6, label=f"{label} (n={int(mask.sum())})", color=color)
+    ax.set_xlabel("lambda_1 per sub-update (nats)")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """report.md: a settings table, a results table and the lambda_1 histogram."""
+    settings = ["checkpoint", "checkpoint_sha256", "n", "segments", "warmup_segments", "sub_updates_per_segment", "sub_update_convention",
+                "estimator", "jvp_impl", "k", "t_ons", "dtype"]
+    results = ["accuracy", "n_success", "n_failure", "median_lambda1_success", "median_lambda1_failure",
+               "median_lambda1_success_per_segment", "median_lambda1_failure_per_segment", "auc_neg_lambda1", "auc_neg_lambda1_ci95"]
+
+    def rows(keys: list[str]) -> list[dict[str, Any]]:
+        return [{"quantity": key, "value": "n/a" if summary[key] is None else summary[key]} for key in keys]
+
+    return "\n\n".join([
+        "# Finite-time Lyapunov spectrum",
+        "## Settings\n\n" + markdown_table(rows(settings), ("quantity", "value")),
+        "## Results\n\nExponents per module evaluation (natural log); AUC of -lambda_1 for success "
+        "(Mann-Whitney, ties averaged) with a seeded bootstrap 95% CI.\n\n" + markdown_table(rows(results), ("quantity", "value")),
+        f"![lambda_1, successes vs failures]({FIGURE})",
+    ])
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez, written atomically (a kill leaves the old file or the complete new one)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+
+
+def run_spectrum(cfg: Any, out_dir: Path) -> int:
+    """Run the study for `cfg` (a `DiagnoseConfig` whose `study` is a `SpectrumStudyConfig`) into
+    `out_dir`; returns 0. Raises UserError subclasses for bad paths and settings."""
+    out_dir = Path(out_dir)
+    study = cfg.study
+    _check(cfg, None)
+    keep_freed_memory()  # fewer page faults in the tangent path (see its docstring)
+    device = resolve_device(cfg.device)
+    inputs = load_study_inputs(cfg.checkpoint, cfg.data_path, n=cfg.n, seed=cfg.seed, dtype=cfg.dtype, device=device)
+    segments = study.segments or inputs.arch.halt_max_steps
+    _check(cfg, segments)
+    n_sub = len(inputs.core.sub_updates())
+    meta = {
+        "study": "spectrum",
+        "estimator": ESTIMATOR,
+        "jvp_impl": study.jvp_impl,
+        "k": study.k,
+        "t_ons": study.t_ons,
+        "dtype": cfg.dtype,
+        "sub_update_convention": SUB_UPDATE_CONVENTION,
+        "sub_updates_per_segment": n_sub,
+        "segments": segments,
+        "warmup_segments": study.warmup_segments,
+        "tangent_seed": study.tangent_seed,
+        "checkpoint": str(inputs.checkpoint.path),
+        "checkpoint_sha256": inputs.checkpoint_sha256,
+        "data_path": str(cfg.data_path),
+        "split": "test",
+        "n": len(inputs.index),
+        "seed": cfg.seed,
+    }
+    store = ShardStore(out_dir, {**meta, "batch_size": cfg.batch_size, "study_config": _config_dict(study)})
+    n_batches = -(-len(inputs.index) // cfg.batch_size)
+    todo = [b for b in range(n_batches) if not store.done(b)]
+    log.info("spectrum: %d examples, %d batches (%d to do), %d segments x %d sub-updates, k=%d, %s", len(inputs.index), n_batches, len(todo),
+             segments, n_sub, study.k, cfg.dtype)
+    for b, rows, batch in rank0_tqdm(inputs.batches(cfg.batch_size), total=n_batches, desc="spectrum"):
+        if not store.done(b):
+            store.save(b, spectrum_batch(inputs, rows, batch, study, segments))
+    results = store.load_all(n_batches)
+    _save_npz(out_dir / "results.npz", results)
+    summary = summarise(results, meta, seed=cfg.seed)
+    plot_lambda1(results, out_dir / FIGURE, f"{Path(meta['checkpoint']).name}: lambda_1 (k={study.k}, {cfg.dtype})")
+    report = format_report(summary)
+    print(report, flush=True)
+    write_outputs(out_dir, summary, report)
+    config = _config_dict(cfg)
+    write_manifest(out_dir, build_manifest(config=config, dataset_dir=cfg.data_path, checkpoint=inputs.checkpoint.path, device=device))
+    with MetricsSink(out_dir, getattr(cfg, "wandb", None) or WandbConfig(mode="disabled"), is_main=True, config=config) as sink:
+        sink.log({f"diag/lyap/{key}": summary[key] for key in ("accuracy", "median_lambda1_success", "median_lambda1_failure", "auc_neg_lambda1")}, step=0)
+        sink.log_images("diag/lyap/lambda1_hist", [out_dir / FIGURE], step=0)
+    log.info("spectrum: accuracy %s, AUC(-lambda1) %s -> %s", summary["accuracy"], summary["auc_neg_lambda1"], out_dir)
+    return 0
+
+
+def load_results(out_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a finished run (`results.npz`), e.g. to re-window log_r_segment."""
+    with np.load(Path(out_dir) / "results.npz") as z:
+        return {key: z[key] for key in z.files}
+

@@ -1,0 +1,38 @@
+# Sourced by the recipe scripts in this folder; expects EXPERIMENT and the script's "$@".
+# Builds one torchrun command (one machine, NPROC GPUs) or, with SLURM=1, one Hydra multirun
+# through the submitit launcher, then runs it, or only prints it with DRY_RUN=1 / --dry-run.
+#   NPROC     processes (GPUs) per node, default 2
+#   RUN_DIR   run directory (default outputs/train/$EXPERIMENT/<date>); every rank gets the same
+#             path, and an existing one can be continued with the override resume=auto
+#   PYTHON    interpreter, default .venv/bin/python if present, else python3
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+NPROC="${NPROC:-2}"
+DRY_RUN="${DRY_RUN:-0}"
+RUN_DIR="${RUN_DIR:-outputs/train/${EXPERIMENT}/$(date +%Y-%m-%d_%H-%M-%S)}"
+
+overrides=()
+for arg in "$@"; do
+  if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else overrides+=("$arg"); fi
+done
+
+if [[ "${SLURM:-0}" == "1" ]]; then
+  cmd=("$PYTHON" pretrain.py -m launcher=slurm "experiment=$EXPERIMENT" ${overrides[@]+"${overrides[@]}"})
+else
+  # One OpenMP thread pool per rank sharing the node's cores.
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+  cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" pretrain.py
+       "experiment=$EXPERIMENT" "run_dir=$RUN_DIR" ${overrides[@]+"${overrides[@]}"})
+fi
+
+if [[ "$DRY_RUN" == "1" ]]; then
+  printf '%q ' "${cmd[@]}"
+  printf '\n'
+  exit 0
+fi
+exec "${cmd[@]}"
