@@ -69,7 +69,7 @@ class SegmentReadouts:
         return ((self.preds == labels.unsqueeze(1)) | ~mask).all(-1)
 
 
-class _ReadoutLog:
+class ReadoutLog:
     """Collects one read-out per segment and stacks them along axis 1."""
 
     def __init__(self) -> None:
@@ -194,7 +194,7 @@ def rollout(smap: SubUpdateMap, segments: int, z0: Tensor | None = None) -> tupl
         raise ConfigError(f"segments={segments} must be >= 1")
     smap.reset()
     z = smap.initial_state() if z0 is None else z0
-    log = _ReadoutLog()
+    log = ReadoutLog()
     for _ in range(segments):
         for _ in range(smap.sub_updates_per_segment):
             z = smap.step(z)
@@ -281,7 +281,7 @@ def segment_ftle(
         tangents = initial_frame(tuple(z.shape), k, z.dtype, z.device, generator)
     smap.reset()
     n_sub = smap.sub_updates_per_segment
-    log = _ReadoutLog()
+    log = ReadoutLog()
     per_segment: list[Tensor] = []
     with torch.no_grad(), tqdm(total=segments * n_sub, desc="ftle", disable=not progress, leave=False) as bar:
         frame, _ = orthonormalise(tangents.to(z.dtype))

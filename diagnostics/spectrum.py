@@ -39,7 +39,6 @@ different estimators, dtypes or sub-update conventions are not comparable, so al
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,23 +47,20 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
-from scipy.stats import rankdata
 
 from diagnostics.adapters import JVP_IMPLS, SUB_UPDATE_CONVENTION, SubUpdateMap, keep_freed_memory, segment_ftle
 from diagnostics.config import StudyConfig
 from diagnostics.inputs import StudyInputs, load_study_inputs
 from diagnostics.lyapunov import ESTIMATOR
-from diagnostics.report import markdown_table, write_outputs
+from diagnostics.report import config_dict, finish_study, markdown_table, new_figure, save_figure
 from diagnostics.shards import ShardStore
-from reasoning_core.atomic import atomic_write_bytes
+from diagnostics.statistics import BOOTSTRAP_SAMPLES, auc, bootstrap_ci, median_or_none, none_if_nan
 from reasoning_core.dist import resolve_device
 from reasoning_core.errors import ConfigError
-from reasoning_core.logging import MetricsSink, WandbConfig, get_logger, rank0_tqdm
-from reasoning_core.manifest import build_manifest, write_manifest
+from reasoning_core.logging import get_logger, rank0_tqdm
 
 log = get_logger("diagnostics.spectrum")
 SUDOKU_PAD, SUDOKU_BLANK = 0, 1
-BOOTSTRAP_SAMPLES = 1000
 FIGURE = "lambda1_hist.png"
 
 
@@ -95,39 +91,6 @@ def register_schema() -> None:
 
 
 register_schema()
-
-
-# --- statistics ----------------------------------------------------------------------------------
-
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney AUC = P(score of a positive > score of a negative), ties counted 1/2; NaN
-    when a class is empty."""
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = rankdata(scores)  # average ranks for ties
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _bootstrap_ci(scores: np.ndarray, positive: np.ndarray, *, seed: int, n_boot: int = BOOTSTRAP_SAMPLES, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of `_auc` over resampled examples (resamples with one class skipped)."""
-    rng = np.random.default_rng(seed)
-    n = len(scores)
-    values = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, n, n)
-        value = _auc(scores[pick], positive[pick])
-        if not math.isnan(value):
-            values.append(value)
-    if not values:
-        return math.nan, math.nan
-    tail = 100 * (1 - level) / 2
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
-
-
-def _median(values: np.ndarray) -> float | None:
-    return float(np.median(values)) if len(values) else None
 
 
 # --- per-batch computation -------------------------------------------------------------------------
@@ -192,13 +155,10 @@ def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], seed: int) -
     """summary.json: the settings in `meta` plus accuracy, medians and AUC(-lambda_1 -> success)."""
     success = results["exact"].astype(bool)
     lam1 = results["lambda"][:, 0]
-    auc = _auc(-lam1, success)
-    lo, hi = _bootstrap_ci(-lam1, success, seed=seed) if not math.isnan(auc) else (math.nan, math.nan)
+    auc_value = auc(-lam1, success)
+    lo, hi = bootstrap_ci(auc, -lam1, success, seed=seed) if not math.isnan(auc_value) else (math.nan, math.nan)
     per_seg = meta["sub_updates_per_segment"]
-    med_s, med_f = _median(lam1[success]), _median(lam1[~success])
-
-    def none_if_nan(x: float) -> float | None:
-        return None if math.isnan(x) else x
+    med_s, med_f = median_or_none(lam1[success]), median_or_none(lam1[~success])
 
     return {
         **meta,
@@ -211,7 +171,7 @@ def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], seed: int) -
         "median_lambda1_failure_per_segment": None if med_f is None else med_f * per_seg,
         "mean_spectrum_success": results["lambda"][success].mean(0).tolist() if success.any() else None,
         "mean_spectrum_failure": results["lambda"][~success].mean(0).tolist() if (~success).any() else None,
-        "auc_neg_lambda1": none_if_nan(auc),
+        "auc_neg_lambda1": none_if_nan(auc_value),
         "auc_neg_lambda1_ci95": None if math.isnan(lo) else [lo, hi],
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": seed},
     }
@@ -219,13 +179,9 @@ def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], seed: int) -
 
 def plot_lambda1(results: dict[str, np.ndarray], path: Path, title: str) -> Path:
     """Histogram of lambda_1 for successes and failures, written atomically as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
     success = results["exact"].astype(bool)
     lam1 = results["lambda"][:, 0]
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
+    fig = new_figure()
     ax = fig.add_subplot()
     bins = np.histogram_bin_edges(lam1, bins=40) if len(lam1) else 10
     for mask, label, color in ((success, "success", "tab:blue"), (~success, "failure", "tab:red")):
@@ -235,9 +191,7 @@ def plot_lambda1(results: dict[str, np.ndarray], path: Path, title: str) -> Path
     ax.set_ylabel("examples")
     ax.set_title(title)
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -257,17 +211,6 @@ def format_report(summary: dict[str, Any]) -> str:
         "(Mann-Whitney, ties averaged) with a seeded bootstrap 95% CI.\n\n" + markdown_table(rows(results), ("quantity", "value")),
         f"![lambda_1, successes vs failures]({FIGURE})",
     ])
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez, written atomically (a kill leaves the old file or the complete new one)."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
 
 
 def run_spectrum(cfg: Any, out_dir: Path) -> int:
@@ -301,7 +244,7 @@ def run_spectrum(cfg: Any, out_dir: Path) -> int:
         "n": len(inputs.index),
         "seed": cfg.seed,
     }
-    store = ShardStore(out_dir, {**meta, "batch_size": cfg.batch_size, "study_config": _config_dict(study)})
+    store = ShardStore(out_dir, {**meta, "batch_size": cfg.batch_size, "study_config": config_dict(study)})
     n_batches = -(-len(inputs.index) // cfg.batch_size)
     todo = [b for b in range(n_batches) if not store.done(b)]
     log.info("spectrum: %d examples, %d batches (%d to do), %d segments x %d sub-updates, k=%d, %s", len(inputs.index), n_batches, len(todo),
@@ -310,17 +253,10 @@ def run_spectrum(cfg: Any, out_dir: Path) -> int:
         if not store.done(b):
             store.save(b, spectrum_batch(inputs, rows, batch, study, segments))
     results = store.load_all(n_batches)
-    _save_npz(out_dir / "results.npz", results)
     summary = summarise(results, meta, seed=cfg.seed)
-    plot_lambda1(results, out_dir / FIGURE, f"{Path(meta['checkpoint']).name}: lambda_1 (k={study.k}, {cfg.dtype})")
-    report = format_report(summary)
-    print(report, flush=True)
-    write_outputs(out_dir, summary, report)
-    config = _config_dict(cfg)
-    write_manifest(out_dir, build_manifest(config=config, dataset_dir=cfg.data_path, checkpoint=inputs.checkpoint.path, device=device))
-    with MetricsSink(out_dir, getattr(cfg, "wandb", None) or WandbConfig(mode="disabled"), is_main=True, config=config) as sink:
-        sink.log({f"diag/lyap/{key}": summary[key] for key in ("accuracy", "median_lambda1_success", "median_lambda1_failure", "auc_neg_lambda1")}, step=0)
-        sink.log_images("diag/lyap/lambda1_hist", [out_dir / FIGURE], step=0)
+    figure = plot_lambda1(results, out_dir / FIGURE, f"{Path(meta['checkpoint']).name}: lambda_1 (k={study.k}, {cfg.dtype})")
+    finish_study(out_dir, cfg, study="lyap", summary=summary, report=format_report(summary), results=results, figures=[figure],
+                 scalars=("accuracy", "median_lambda1_success", "median_lambda1_failure", "auc_neg_lambda1"), checkpoint=inputs.checkpoint.path, device=device)
     log.info("spectrum: accuracy %s, AUC(-lambda1) %s -> %s", summary["accuracy"], summary["auc_neg_lambda1"], out_dir)
     return 0
 

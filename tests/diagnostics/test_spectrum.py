@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from diagnostics.adapters import SubUpdateMap, segment_ftle
 from diagnostics.config import DiagnoseConfig
 from diagnostics.lyapunov import seed_method_lambda1
-from diagnostics.spectrum import SpectrumStudyConfig, _auc, _bootstrap_ci, example_frames, givens_count, run_spectrum
+from diagnostics.spectrum import SpectrumStudyConfig, example_frames, givens_count, run_spectrum
 from hrm.config import HRMConfig
 from reasoning_core.checkpoint import load_checkpoint
 from reasoning_core.errors import ConfigError
@@ -129,20 +129,6 @@ def test_sum_of_exponents_equals_mean_log_abs_det_jacobian(arch):
                 z = smap.apply(kind, z)
     np.testing.assert_allclose(result.log_r_segment.sum((1, 2)).numpy(), logdet.numpy(), atol=1e-8)
     np.testing.assert_allclose(result.exponents().sum(-1).numpy(), logdet.numpy() / 12, atol=1e-9)
-
-
-def test_auc_matches_pairwise_count_with_ties():
-    """Mann-Whitney AUC = mean over (positive, negative) pairs of [s+ > s-] + 0.5 [s+ == s-]."""
-    rng = np.random.default_rng(0)
-    scores = rng.integers(0, 5, 60).astype(float)  # many ties
-    positive = rng.random(60) < 0.4
-    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in scores[positive] for b in scores[~positive]]
-    assert _auc(scores, positive) == pytest.approx(np.mean(pairs), abs=1e-12)
-    assert _auc(np.array([3.0, 2.0, 1.0]), np.array([True, True, False])) == 1.0
-    assert _auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
-    assert math.isnan(_auc(np.array([1.0, 2.0]), np.array([True, True])))
-    lo, hi = _bootstrap_ci(scores, positive, seed=0)
-    assert lo < _auc(scores, positive) < hi and (lo, hi) == _bootstrap_ci(scores, positive, seed=0)
 
 
 def test_givens_and_per_example_frames():
