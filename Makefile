@@ -30,7 +30,7 @@ test-full: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m launch.demo
+	$(PY) launch/demo.py
 
 clean:
 	rm -rf $(VENV) outputs
