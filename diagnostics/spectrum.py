@@ -38,7 +38,6 @@ different estimators, dtypes or sub-update conventions are not comparable, so al
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
