@@ -17,8 +17,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from diagnostics.basin import run_basin
 from diagnostics.config import DiagnoseConfig
+from diagnostics.displacement import run_displacement
+from diagnostics.extended import run_extended
 from diagnostics.spectrum import run_spectrum
+from diagnostics.stats import run_stats
 from diagnostics.validate import run_validate
 from reasoning_core.cli import hydra_cli
 from reasoning_core.errors import ConfigError, exit_on_user_error
@@ -26,6 +30,10 @@ from reasoning_core.errors import ConfigError, exit_on_user_error
 # study name -> runner(cfg, out_dir) -> exit code
 STUDIES: dict[str, Callable[[DiagnoseConfig, Path], int]] = {
     "spectrum": run_spectrum,
+    "displacement": run_displacement,
+    "stats": run_stats,
+    "extended": run_extended,
+    "basin": run_basin,
     "validate": run_validate,
 }
 

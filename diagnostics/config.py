@@ -40,7 +40,8 @@ class ValidateStudyConfig(StudyConfig):
 
 
 def _default_wandb() -> WandbConfig:
-    return WandbConfig(mode="disabled", project="rrdyn", job_type="diagnose")
+    """Off by default; project, group and job type are filled per run (`dashboard_config`)."""
+    return WandbConfig(mode="disabled")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -88,3 +88,18 @@ def load_study_inputs(checkpoint: str, data_path: str, *, n: int | None, seed: i
         puzzle_ids=example_puzzle_ids(data, index).astype(np.int32),
         device=torch.device(device),
     )
+
+
+def sample_provenance(inputs: StudyInputs, *, data_path: str | Path, seed: int, dtype: str, split: str = "test") -> dict[str, Any]:
+    """What identifies a study's model and sample in summary.json and its shard fingerprint:
+    checkpoint path and sha256, dataset, split, n, sample seed and the recurrence dtype. Runs
+    that agree on these hold the same examples (see `diagnostics.stats`)."""
+    return {
+        "dtype": dtype,
+        "checkpoint": str(inputs.checkpoint.path),
+        "checkpoint_sha256": inputs.checkpoint_sha256,
+        "data_path": str(data_path),
+        "split": split,
+        "n": len(inputs.index),
+        "seed": seed,
+    }

@@ -15,7 +15,10 @@ from reasoning_core.atomic import atomic_write_bytes, atomic_write_text
 
 
 def format_value(value: Any) -> str:
-    """A table cell: floats in compact scientific/fixed form, everything else via str()."""
+    """A table cell: floats in compact scientific/fixed form (also inside a list of floats such as
+    a CI, "[a, b]"), everything else via str()."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
@@ -85,9 +88,10 @@ def finish_study(
 ) -> None:
     """Everything a study writes after its computation, in one place:
     results.npz (when given), summary.json, report.md (also printed), manifest.json, and the
-    metrics.jsonl / W&B record: the `scalars` keys of the summary under `diag/<study>/` and the
-    figures as images."""
-    from reasoning_core.logging import MetricsSink, WandbConfig  # noqa: PLC0415
+    metrics.jsonl / W&B record: the `scalars` keys of the summary under `diag/<study>/`, the whole
+    summary as a one-row table and the figures as images. The W&B run is of job type
+    `diagnose/<study name>`, in the group and project of the checkpoint's training run."""
+    from reasoning_core.logging import MetricsSink, dashboard_config  # noqa: PLC0415
     from reasoning_core.manifest import build_manifest, write_manifest  # noqa: PLC0415
 
     if results is not None:
@@ -96,7 +100,9 @@ def finish_study(
     write_outputs(out_dir, summary, report)
     config = config_dict(cfg)
     write_manifest(out_dir, build_manifest(config=config, dataset_dir=getattr(cfg, "data_path", None), checkpoint=checkpoint, device=device))
-    with MetricsSink(out_dir, getattr(cfg, "wandb", None) or WandbConfig(mode="disabled"), is_main=True, config=config) as sink:
+    job_type = f"diagnose/{getattr(getattr(cfg, 'study', None), 'name', study)}"
+    with MetricsSink(out_dir, dashboard_config(getattr(cfg, "wandb", None), job_type, checkpoint=checkpoint), is_main=True, config=config) as sink:
         sink.log({f"diag/{study}/{key}": summary[key] for key in scalars if isinstance(summary.get(key), (int, float))}, step=0)
+        sink.log_table(f"diag/{study}/summary", [summary], step=0)
         for fig in figures:
             sink.log_images(f"diag/{study}/{Path(fig).stem}", [fig], step=0)

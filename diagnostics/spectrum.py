@@ -131,8 +131,9 @@ def spectrum_batch(inputs: StudyInputs, rows: slice, batch: dict[str, torch.Tens
 
 # --- the study ---------------------------------------------------------------------------------------
 
-def _check(cfg: Any, segments: int | None) -> None:
-    """Refuse settings that cannot run (segments None: before the checkpoint is loaded)."""
+def _check(cfg: Any, segments: int | None, state_dim: int | None = None) -> None:
+    """Refuse settings that cannot run (segments None: before the checkpoint is loaded;
+    state_dim = 2 S D, the per-example dimension of the joint state (z_H, z_L))."""
     study = cfg.study
     if cfg.checkpoint is None or cfg.data_path is None:
         raise ConfigError("study=spectrum needs checkpoint=PATH and data_path=DIR")
@@ -142,6 +143,8 @@ def _check(cfg: Any, segments: int | None) -> None:
         raise ConfigError(f"study.jvp_impl={study.jvp_impl!r} is not one of {list(JVP_IMPLS)}")
     if study.k < 1 or study.t_ons < 1:
         raise ConfigError(f"study.k={study.k} and study.t_ons={study.t_ons} must both be >= 1")
+    if state_dim is not None and study.k > state_dim:
+        raise ConfigError(f"study.k={study.k} tangent vectors do not fit a state of dimension {state_dim} per example; use 1 <= study.k <= {state_dim}")
     if segments < 1:
         raise ConfigError(f"study.segments={segments} must be >= 1")
     if not 0 <= study.warmup_segments < segments:
@@ -222,7 +225,7 @@ def run_spectrum(cfg: Any, out_dir: Path) -> int:
     device = resolve_device(cfg.device)
     inputs = load_study_inputs(cfg.checkpoint, cfg.data_path, n=cfg.n, seed=cfg.seed, dtype=cfg.dtype, device=device)
     segments = study.segments or inputs.arch.halt_max_steps
-    _check(cfg, segments)
+    _check(cfg, segments, state_dim=2 * inputs.arch.seq_total * inputs.arch.hidden_size)
     n_sub = len(inputs.core.sub_updates())
     meta = {
         "study": "spectrum",

@@ -39,7 +39,7 @@ from diagnostics.lyapunov import lyapunov_log_r, lyapunov_spectrum
 from diagnostics.report import markdown_table, write_outputs
 from reasoning_core.dist import resolve_device
 from reasoning_core.errors import ConfigError
-from reasoning_core.logging import MetricsSink, get_logger, rank0_tqdm
+from reasoning_core.logging import MetricsSink, dashboard_config, get_logger, rank0_tqdm
 from reasoning_core.manifest import build_manifest, write_manifest
 
 log = get_logger("diagnostics.validate")
@@ -268,7 +268,7 @@ def run_validate(cfg: DiagnoseConfig, out_dir: Path) -> int:
     write_outputs(out_dir, summary, report)
     config = asdict(cfg)
     write_manifest(out_dir, build_manifest(config=config, device=device))
-    with MetricsSink(out_dir, cfg.wandb, is_main=True, config=config) as sink:
+    with MetricsSink(out_dir, dashboard_config(cfg.wandb, "diagnose/validate"), is_main=True, config=config) as sink:
         sink.log({"diag/validate/passed": passed, "diag/validate/n_failed": summary["n_failed"]}, step=0)
         sink.log_table("diag/validate/table", summary["rows"], step=0)
     log.info("validate: %s -> %s", "PASS" if passed else "FAIL", out_dir)

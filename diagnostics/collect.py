@@ -1,0 +1,227 @@
+"""Collect finished study runs into one comparison table.
+
+    python -m diagnostics.collect DIR [DIR ...] [--out table.md] [--csv table.csv]
+
+Walks every DIR (a single run, `outputs/diagnostics/`, or a multirun folder
+`multirun/diagnostics/<time>/`) for `summary.json` files and prints one Markdown table, one row
+per run: the run directory, study, checkpoint (the shortest tail of its path, at least two parts
+such as `run/step_0058590`, that tells the collected checkpoints apart),
+n, accuracy and the headline numbers of each study (`HEADLINES`; an AUC is shown with its 95% CI).
+Studies without headlines get the common columns. `--out` writes the same Markdown, `--csv` a CSV
+in which each CI is split into `<column> lo` / `<column> hi`.
+
+Runs that cannot be read (corrupt summary.json) and partial runs (a Hydra job directory or
+result shards without summary.json, e.g. a study still running or killed) are listed below the
+table, never fatal. A DIR that does not exist, or a walk that finds nothing at all, is an error
+(one line, exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diagnostics.report import format_value, markdown_table
+from reasoning_core.atomic import atomic_write_text
+from reasoning_core.errors import UserError, exit_on_user_error
+
+# study -> (column, dotted key of the value, dotted key of its [lo, hi] CI or None); columns
+# with the same name in several studies share one column of the table
+HEADLINES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
+    "spectrum": (
+        ("median lambda1 success", "median_lambda1_success", None),
+        ("median lambda1 failure", "median_lambda1_failure", None),
+        ("AUC(-lambda1)", "auc_neg_lambda1", "auc_neg_lambda1_ci95"),
+    ),
+    "displacement": (
+        ("tau", "tau", None),
+        ("A settled&correct", "cells.A.count", None),
+        ("B settled&wrong", "cells.B.count", None),
+        ("C unsettled&correct", "cells.C.count", None),
+        ("D unsettled&wrong", "cells.D.count", None),
+        ("AUC(-d_late)", "auc_neg_d_late", "auc_neg_d_late_ci95"),
+    ),
+    "stats": (
+        ("AUC(-lambda1)", "auc.lambda1.auc", "auc.lambda1.ci95"),
+        ("AUC(-d_late)", "auc.d_late.auc", "auc.d_late.ci95"),
+        ("AUC(q_halt)", "auc.q_halt.auc", "auc.q_halt.ci95"),
+        ("decile-matched AUC(-lambda1)", "decile_matched.auc", None),
+        ("CV AUC d_late+q_halt", "logistic.auc_base.auc", None),
+        ("CV AUC +lambda1", "logistic.auc_full.auc", None),
+    ),
+    "extended": (
+        ("tau", "tau", None),
+        ("accuracy final", "accuracy_final", None),
+        ("kappa per segment", "kappa_per_segment", "kappa_per_segment_ci95"),
+    ),
+    "basin": (
+        ("failures", "n_failures", None),
+        ("hard core (never solved)", "hard_core_ever", None),
+        ("sigma=0 reproduces", "sigma0_reproduces", None),
+    ),
+    "validate": (
+        ("passed", "passed", None),
+        ("failed rows", "n_failed", None),
+    ),
+}
+COMMON = ("run", "study", "checkpoint", "n", "accuracy")
+PARTIAL_MARKERS = (".hydra", "shards")
+
+
+@dataclass
+class Collection:
+    """Rows of the table (column -> value; CIs under "<column> ci95") and the runs left out."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def columns(self) -> list[str]:
+        """The common columns, then every headline column some row has, in `HEADLINES` order."""
+        present = {key for row in self.rows for key in row}
+        heads = [col for spec in HEADLINES.values() for col, _, _ in spec]
+        return list(COMMON) + [c for c in dict.fromkeys(heads) if c in present]
+
+
+def lookup(summary: dict[str, Any], dotted: str) -> Any:
+    """summary["a"]["b"] for "a.b"; None where a level is missing."""
+    value: Any = summary
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key in which digit runs compare as numbers (multirun job 10 after job 9)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def display_path(path: Path) -> str:
+    """The path relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def short_names(paths: list[str]) -> dict[str, str]:
+    """Each path -> its shortest tail of at least two parts (`run/step_100`) that no other path
+    in `paths` shares, so a sweep over checkpoints shows which is which without full paths."""
+    parts = {p: Path(p).parts for p in set(paths)}
+    for depth in range(2, max((len(v) for v in parts.values()), default=2) + 1):
+        tails = {p: "/".join(v[-depth:]) for p, v in parts.items()}
+        if len(set(tails.values())) == len(tails):
+            return tails
+    return {p: p for p in parts}
+
+
+def summary_row(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """One table row of a run's summary.json."""
+    study = str(summary.get("study"))
+    row: dict[str, Any] = {"run": display_path(run_dir), "study": study, "checkpoint": summary.get("checkpoint"),
+                           "n": summary.get("n"), "accuracy": summary.get("accuracy", summary.get("accuracy_at_budget"))}
+    for column, key, ci_key in HEADLINES.get(study, ()):
+        row[column] = lookup(summary, key)
+        if ci_key is not None:
+            row[f"{column} ci95"] = lookup(summary, ci_key)
+    return row
+
+
+def find_runs(roots: list[Path]) -> Collection:
+    """Read every summary.json below `roots`; list unreadable and partial run directories."""
+    found = Collection()
+    finished: set[Path] = set()
+    partial: set[Path] = set()
+    for root in roots:
+        if not root.exists():
+            raise UserError(f"{root} does not exist")
+        for path in root.rglob("summary.json"):
+            run_dir = path.parent
+            finished.add(run_dir)
+            try:
+                summary = json.loads(path.read_text())
+                if not isinstance(summary, dict) or "study" not in summary:
+                    raise ValueError("no 'study' key")
+            except (OSError, ValueError) as e:
+                found.skipped.append((display_path(run_dir), f"unreadable summary.json ({e})"))
+                continue
+            found.rows.append(summary_row(run_dir, summary))
+        for marker in PARTIAL_MARKERS:
+            partial.update(p.parent for p in root.rglob(marker) if p.is_dir())
+    found.skipped += [(display_path(d), "partial: no summary.json (still running, or stopped)") for d in partial - finished]
+    found.rows.sort(key=lambda r: natural_key(r["run"]))
+    names = short_names([str(r["checkpoint"]) for r in found.rows if r["checkpoint"]])
+    for row in found.rows:
+        row["checkpoint"] = names.get(str(row["checkpoint"]))
+    found.skipped.sort(key=lambda s: natural_key(s[0]))
+    if not found.rows and not found.skipped:
+        raise UserError(f"no study runs (summary.json) under {', '.join(map(str, roots))}")
+    return found
+
+
+def cell(value: Any, ci: Any = None) -> Any:
+    """A Markdown cell: the value, with its CI appended when there is one; missing -> empty."""
+    if value is None:
+        return ""
+    if isinstance(ci, list) and len(ci) == 2:
+        return f"{format_value(float(value))} {format_value([float(c) for c in ci])}"
+    return value
+
+
+def to_markdown(found: Collection) -> str:
+    """The table, then the runs left out as a list."""
+    columns = found.columns()
+    rows = [{c: cell(r.get(c), r.get(f"{c} ci95")) for c in columns} for r in found.rows]
+    text = markdown_table(rows, columns) if rows else "(no finished runs)"
+    if found.skipped:
+        text += "\n\nNot collected:\n" + "\n".join(f"- {path}: {reason}" for path, reason in found.skipped)
+    return text + "\n"
+
+
+def to_csv(found: Collection) -> str:
+    """CSV of the table; a CI column becomes `<column> lo` and `<column> hi`."""
+    header: list[str] = []
+    for c in found.columns():
+        header.append(c)
+        if any(f"{c} ci95" in r for r in found.rows):
+            header += [f"{c} lo", f"{c} hi"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    for r in found.rows:
+        out = {c: r.get(c) for c in header if c in r}
+        for c in header:
+            if c.endswith((" lo", " hi")) and isinstance(r.get(c[:-3] + " ci95"), list):
+                out[c] = r[c[:-3] + " ci95"][0 if c.endswith(" lo") else 1]
+        writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in out.items()})
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print the Markdown table; write --out / --csv when given; returns 0."""
+    parser = argparse.ArgumentParser(prog="python -m diagnostics.collect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories to walk")
+    parser.add_argument("--out", type=Path, help="write the Markdown table here")
+    parser.add_argument("--csv", type=Path, help="write the table as CSV here")
+    args = parser.parse_args(argv)
+    found = find_runs(args.dirs)
+    table = to_markdown(found)
+    print(table, end="", flush=True)
+    if args.out:
+        atomic_write_text(args.out, table)
+    if args.csv:
+        atomic_write_text(args.csv, to_csv(found))
+    return 0
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        sys.exit(main())

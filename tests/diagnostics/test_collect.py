@@ -1,0 +1,99 @@
+"""`python -m diagnostics.collect`: one table over a folder of runs whose summaries are made by
+the studies' own `summarise` functions (so the headline keys cannot drift from the studies),
+with partial and corrupt runs listed rather than fatal."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diagnostics import displacement, spectrum
+from diagnostics.collect import HEADLINES, find_runs, main, natural_key, short_names
+from diagnostics.stats import run_stats
+from reasoning_core.errors import UserError
+from tests.diagnostics.test_stats import stats_config, synthetic_runs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / ".hydra").mkdir()
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory) -> Path:
+    """A multirun folder: spectrum (2 checkpoints), displacement, stats, a partial job, a corrupt one."""
+    root = tmp_path_factory.mktemp("multirun") / "2026-01-01_00-00-00"
+    success = np.arange(20) < 12
+    lam = np.where(success, -0.1, 0.1)[:, None] + np.linspace(0, 0.05, 20)[:, None] * np.array([[1.0, 0.5]])
+    meta = {"n": 20, "sub_updates_per_segment": 21, "checkpoint": "/ckpt/trm/step_58590"}
+    write_summary(root / "0_spectrum", spectrum.summarise({"exact": success, "lambda": lam}, {**meta, "study": "spectrum"}, seed=0))
+    write_summary(root / "10_spectrum", spectrum.summarise({"exact": success, "lambda": -lam}, {**meta, "study": "spectrum",
+                                                                                               "checkpoint": "/ckpt/hrm/step_26040"}, seed=0))
+    d_late = np.where(success, 1e-6, 1.0) * np.linspace(1, 2, 20)
+    write_summary(root / "1_displacement", displacement.summarise({"exact": success, "success": success, "d_late": d_late},
+                                                                  {**meta, "study": "displacement"}, displacement.DisplacementStudyConfig(), seed=0))
+    spec, disp, _ = synthetic_runs(tmp_path_factory.mktemp("inputs"))
+    assert run_stats(stats_config(spec, disp), root / "2_stats") == 0
+    (root / "3_displacement" / ".hydra").mkdir(parents=True)  # started, never finished
+    (root / "4_spectrum" / "shards").mkdir(parents=True)
+    (root / "4_spectrum" / "summary.json").write_text("{not json")
+    (root / "5_extended" / "shards").mkdir(parents=True)  # killed before its summary
+    return root
+
+
+def test_table_rows_headlines_and_left_out_runs(multirun):
+    """One row per finished run in natural job order; the headline values are those of each
+    summary (AUC with its CI); the partial and corrupt runs are listed, not fatal."""
+    found = find_runs([multirun])
+    assert [Path(r["run"]).name for r in found.rows] == ["0_spectrum", "1_displacement", "2_stats", "10_spectrum"]
+    spec = json.loads((multirun / "0_spectrum" / "summary.json").read_text())
+    row = found.rows[0]
+    assert row["AUC(-lambda1)"] == spec["auc_neg_lambda1"] == 1.0 and row["AUC(-lambda1) ci95"] == spec["auc_neg_lambda1_ci95"]
+    assert row["checkpoint"] == "trm/step_58590" and row["n"] == 20 and row["accuracy"] == pytest.approx(0.6)
+    assert found.rows[3]["AUC(-lambda1)"] == 0.0 and found.rows[3]["checkpoint"] == "hrm/step_26040"
+    disp = found.rows[1]
+    assert (disp["A settled&correct"], disp["B settled&wrong"], disp["C unsettled&correct"], disp["D unsettled&wrong"]) == (12, 0, 0, 8)
+    stats = json.loads((multirun / "2_stats" / "summary.json").read_text())
+    assert found.rows[2]["AUC(q_halt)"] == stats["auc"]["q_halt"]["auc"] and found.rows[2]["CV AUC +lambda1"] == stats["logistic"]["auc_full"]["auc"]
+    assert all(row.get(col) is not None for row, study in zip(found.rows, ["spectrum", "displacement", "stats", "spectrum"])
+               for col, _, _ in HEADLINES[study])
+    skipped = {Path(p).name: reason for p, reason in found.skipped}
+    assert set(skipped) == {"3_displacement", "4_spectrum", "5_extended"}
+    assert skipped["4_spectrum"].startswith("unreadable summary.json") and skipped["3_displacement"].startswith("partial")
+
+
+def test_command_line_writes_markdown_and_csv(multirun, tmp_path, capsys):
+    assert main([str(multirun), "--out", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "t.md").read_text()
+    lines = printed.splitlines()
+    assert lines[0].startswith("| run | study | checkpoint | n | accuracy |") and len([ln for ln in lines if ln.startswith("| ")]) == 5
+    assert "| 1.000000 [1.000000, 1.000000] |" in printed and "Not collected:" in printed and "5_extended: partial" in printed
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert [r["study"] for r in rows] == ["spectrum", "displacement", "stats", "spectrum"]
+    assert float(rows[0]["AUC(-lambda1) lo"]) == 1.0 and rows[1]["AUC(-lambda1)"] == "" and rows[1]["tau"] != ""
+
+
+def test_missing_directory_is_one_line_exit_2(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        main([str(tmp_path / "nope")])
+    with pytest.raises(UserError, match="no study runs"):
+        main([str(tmp_path)])
+    proc = subprocess.run([sys.executable, "-m", "diagnostics.collect", str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'nope'} does not exist"
+
+
+def test_natural_order_and_short_checkpoint_names():
+    assert sorted(["m/10_a", "m/2_b", "m/1_c"], key=natural_key) == ["m/1_c", "m/2_b", "m/10_a"]
+    names = short_names(["/a/x/run/s1", "/a/y/run/s1", "/a/y/run/s2"])
+    assert names == {"/a/x/run/s1": "x/run/s1", "/a/y/run/s1": "y/run/s1", "/a/y/run/s2": "y/run/s2"}
+    assert short_names(["/c/trm/s1", "/c/hrm/s1"]) == {"/c/trm/s1": "trm/s1", "/c/hrm/s1": "hrm/s1"}
