@@ -41,13 +41,12 @@ class DemoPlan:
     train_seconds: float = 300.0
     max_steps: int = 1500
     n: int = 512
-    spectrum_n: int = 128
     basin_n: int = 128
     extra_train: list[str] = field(default_factory=list)
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(n_train=400, n_test=64, train_seconds=20.0, max_steps=20, n=32, spectrum_n=16, basin_n=16,
+        return cls(n_train=400, n_test=64, train_seconds=20.0, max_steps=20, n=32, basin_n=16,
                    extra_train=["global_batch_size=32", "checkpoint_interval=10"])
 
 
@@ -73,12 +72,11 @@ def study_commands(out: Path, plan: DemoPlan, checkpoint: Path, data: Path) -> d
         return [py, "-m", "diagnostics", f"study={study}", *common, f"hydra.run.dir={out / 'studies' / study}", *extra]
 
     return {
-        "spectrum": cmd("spectrum", f"n={plan.spectrum_n}", "study.k=4"),
+        "spectrum": cmd("spectrum", f"n={plan.n}", "study.k=4"),
         "displacement": cmd("displacement", f"n={plan.n}"),
         "extended": cmd("extended", f"n={plan.n}", "study.segments_ext=64"),
         "basin": cmd("basin", f"n={plan.basin_n}", "study.restarts=4", "study.sigmas=[0.0,0.1,1.0]", "study.segments_basin=24"),
-        "stats": cmd("stats", f"n={plan.spectrum_n}",
-                     f"study.inputs=[{out / 'studies' / 'spectrum'},{out / 'studies' / 'displacement'}]"),
+        "stats": cmd("stats", f"n={plan.n}", f"study.inputs=[{out / 'studies' / 'spectrum'},{out / 'studies' / 'displacement'}]"),
     }
 
 
@@ -147,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/demo/<date>_<time>)")
     parser.add_argument("--train-seconds", type=float, default=None, help="wall-time cap of training (default 300)")
-    parser.add_argument("--n", type=int, default=None, help="test examples sampled for the displacement/extended studies")
+    parser.add_argument("--n", type=int, default=None, help="test examples sampled for the spectrum, displacement and extended studies")
     parser.add_argument("--studies", default=",".join(STUDY_ORDER), help="comma-separated subset of " + ",".join(STUDY_ORDER))
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute)")
     args = parser.parse_args()
