@@ -3,9 +3,12 @@
 # through the submitit launcher, then runs it, or only prints it with DRY_RUN=1 / --dry-run.
 #   NPROC     processes (GPUs) per node, default 2
 #   RUN_DIR   run directory (default outputs/train/$EXPERIMENT/<date>); every rank gets the same
-#             path, and an existing one can be continued with the override resume=auto
+#             path, and an existing one can be continued with the override resume=auto. With
+#             SLURM=1 it is the sweep directory (default outputs/multirun/$EXPERIMENT/<date>), job N
+#             runs in RUN_DIR/N, and a requeued job finds its checkpoints there again
 #   PYTHON    interpreter, default .venv/bin/python if present, else python3
 set -euo pipefail
+: "${EXPERIMENT:?is not set: run one of the recipe scripts in launch/, which source this file}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,7 +17,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 NPROC="${NPROC:-2}"
 DRY_RUN="${DRY_RUN:-0}"
-RUN_DIR="${RUN_DIR:-outputs/train/${EXPERIMENT}/$(date +%Y-%m-%d_%H-%M-%S)}"
+STAMP="$(date +%Y-%m-%d_%H-%M-%S)"
 
 overrides=()
 for arg in "$@"; do
@@ -22,8 +25,12 @@ for arg in "$@"; do
 done
 
 if [[ "${SLURM:-0}" == "1" ]]; then
-  cmd=("$PYTHON" pretrain.py -m launcher=slurm "experiment=$EXPERIMENT" ${overrides[@]+"${overrides[@]}"})
+  # The sweep dir is fixed here, not by ${now:} in each task (which a requeued job would redo).
+  RUN_DIR="${RUN_DIR:-outputs/multirun/${EXPERIMENT}/${STAMP}}"
+  cmd=("$PYTHON" pretrain.py -m launcher=slurm "experiment=$EXPERIMENT" "hydra.sweep.dir=$RUN_DIR"
+       ${overrides[@]+"${overrides[@]}"})
 else
+  RUN_DIR="${RUN_DIR:-outputs/train/${EXPERIMENT}/${STAMP}}"
   # One OpenMP thread pool per rank sharing the node's cores.
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
   cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" pretrain.py

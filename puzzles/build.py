@@ -284,10 +284,12 @@ def parse_config(kind: str, overrides: list[str]) -> BuildConfig:
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point; prints the output directory and the split sizes."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print(__doc__)
-        sys.exit(0 if args else 2)
+        sys.exit(0)
     with exit_on_user_error():
+        if not args:
+            raise ConfigError(f"missing KIND: python -m puzzles.build KIND key=value ... with KIND one of {', '.join(CONFIGS)} (--help explains)")
         cfg = parse_config(args[0], args[1:])
         out = build_dataset(cfg)
         sizes = {split: json.loads((out / split / "dataset.json").read_text())["total_groups"]

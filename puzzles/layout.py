@@ -132,10 +132,12 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def content_hash(root: str | Path) -> str:
-    """sha256 over the relative paths and bytes of every dataset file under `root` (build.json excluded)."""
+    """sha256 over the relative paths and bytes of every dataset file under `root` (build.json and
+    hidden files excluded: `reasoning_core.manifest` caches its per-file digests in a dot-file there)."""
     root = Path(root)
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "build.json"):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "build.json"
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts)):
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import yaml
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FORMAT = "rrdyn"
 OFFICIAL_PREFIX = "_orig_mod.model."
 STEP_RE = re.compile(r"^step_(\d+)(?:\.pt)?$")
+OFFICIAL_SINGLE_FILE = "checkpoint"  # the published HRM checkpoints: one file named `checkpoint`
 
 
 @dataclass
@@ -45,16 +46,39 @@ class LoadedCheckpoint:
 
 # --- reading ---------------------------------------------------------------------------------------
 
+def pick_checkpoint_file(names: Iterable[str]) -> str | None:
+    """Which of a folder's file names to load: the newest `step_N[.pt]`, else an official HRM
+    `checkpoint` file (the published HRM repos), else None."""
+    names = list(names)
+    steps = sorted((int(m.group(1)), name) for name in names if (m := STEP_RE.match(name)))
+    if steps:
+        return steps[-1][1]
+    return OFFICIAL_SINGLE_FILE if OFFICIAL_SINGLE_FILE in names else None
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A file, or a run directory (its newest `step_N` file)."""
+    """The checkpoint file to load for `path`.
+
+    - a file: itself;
+    - a folder: `pick_checkpoint_file` of its files, else of its `checkpoints/` subfolder (one of
+      our training run directories);
+    - `hf://OWNER/REPO[/PATH][@REVISION]`: downloaded and cached by `reasoning_core.hub`, with
+      the `all_config.yaml` beside it.
+    """
+    if isinstance(path, str) and path.startswith("hf://"):
+        from reasoning_core.hub import fetch_checkpoint  # noqa: PLC0415 (imports huggingface_hub)
+
+        return fetch_checkpoint(path)
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.is_dir():
-        steps = sorted((int(m.group(1)), f) for f in p.iterdir() if f.is_file() and (m := STEP_RE.match(f.name)))
-        if not steps:
-            raise CheckpointError(f"checkpoint directory {p} holds no step_N file")
-        return steps[-1][1]
+        for folder in (p, p / "checkpoints"):
+            if folder.is_dir():
+                chosen = pick_checkpoint_file(f.name for f in folder.iterdir() if f.is_file())
+                if chosen is not None:
+                    return folder / chosen
+        raise CheckpointError(f"checkpoint directory {p} holds no step_N file (nor checkpoints/step_N, nor an official `checkpoint` file)")
     return p
 
 
@@ -100,7 +124,10 @@ def official_arch_config(arch: dict[str, Any], state: dict[str, torch.Tensor], s
     cfg.vocab_size = int(state["inner.embed_tokens.embedding_weight"].shape[0])
     if "inner.puzzle_emb.weights" in state:
         cfg.num_puzzle_identifiers = int(state["inner.puzzle_emb.weights"].shape[0])
-    cfg.seq_len = seq_len or _infer_seq_len(cfg, state) or 0
+    inferred = _infer_seq_len(cfg, state)
+    if seq_len and inferred and seq_len != inferred:
+        raise CheckpointError(f"{source} was trained on sequences of length {inferred}, the dataset has {seq_len}")
+    cfg.seq_len = seq_len or inferred or 0
     if cfg.seq_len <= 0:
         raise CheckpointError(f"cannot tell the sequence length of {source}: pass a dataset (data_path) so it can be read from dataset.json")
     cfg.validate()

@@ -21,21 +21,34 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from reasoning_core.errors import ConfigError, UserError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+_ABSENT = object()
 
 
 def one_line(exc: BaseException) -> str:
-    """Condense a Hydra/OmegaConf error into one sentence."""
+    """Condense a Hydra/OmegaConf error into one sentence.
+
+    Hydra wraps the real reason of a failed override in `__cause__` and says only "Could not
+    override 'foo'." or "Error merging override n=abc"; the cause (an unknown key, a value of the
+    wrong type) is what the user needs, so it is reported instead, with the override.
+    """
     text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and cause is not exc:
+        if m := re.match(r"Error merging override (.+)", first):
+            reason = re.sub(r" \([^()\s]+\)$", "", one_line(cause))  # the override already names the key
+            return reason if reason.startswith("unknown config key") else f"cannot set {m.group(1)}: {reason}"
+        if first.startswith("Could not override"):
+            return one_line(cause)
     key = re.search(r"full_key: (\S+)", text)
     if isinstance(exc, MissingMandatoryValue) and key:
         return f"{key.group(1)}=... is required"
-    if m := re.search(r"Key '([^']+)' is not in struct", text):
+    if m := re.search(r"Key '([^']+)' (?:is )?not in (?:struct|'\w+')", text):
         return f"unknown config key '{(key.group(1) if key else m.group(1))}' (check the spelling; `--cfg job` prints the valid keys)"
     if m := re.search(r"Could not find '([^']+)'", text):
         options = re.search(r"Available options in '[^']+':\s*\n((?:\s+\S+\n?)+)", text)
         avail = ", ".join(options.group(1).split()) if options else ""
         return f"no config '{m.group(1)}'" + (f"; available: {avail}" if avail else "")
-    first = text.splitlines()[0] if text else type(exc).__name__
     return f"{first} ({key.group(1)})" if key and key.group(1) not in first else first
 
 
@@ -51,8 +64,23 @@ def precheck(config_name: str, argv: list[str]) -> None:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
             cfg = compose(config_name, overrides=overrides)
             OmegaConf.to_object(cfg)
+            _check_appended_keys(config_name, overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(one_line(e)) from None
+
+
+def _check_appended_keys(config_name: str, overrides: list[str]) -> None:
+    """Refuse `+key=value` / `++key=value` for a key the schema lacks: Hydra appends it even to a
+    typed config and the dataclass conversion then drops it without a word (`hydra.*` keys are
+    Hydra's own and left alone)."""
+    appended = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+")]
+    appended = [key for key in appended if not key.startswith("hydra.")]
+    if not appended:
+        return
+    base = compose(config_name, overrides=[o for o in overrides if not o.startswith("+")])
+    for key in appended:
+        if OmegaConf.select(base, key.split("@")[0], default=_ABSENT, throw_on_missing=False) is _ABSENT:
+            raise ConfigError(f"unknown config key '{key}' (check the spelling; `--cfg job` prints the valid keys)")
 
 
 def hydra_cli(config_name: str, hydra_main: Callable[[], None]) -> None:

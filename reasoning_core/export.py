@@ -15,13 +15,17 @@ from pathlib import Path
 
 import hrm  # noqa: F401  (registers the arch)
 import trm  # noqa: F401
-from reasoning_core.checkpoint import export_official, load_checkpoint
+from reasoning_core.checkpoint import LoadedCheckpoint, export_official, load_checkpoint
 from reasoning_core.errors import exit_on_user_error
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
     """Write the official layout for `checkpoint` into `out_dir`; returns the step file."""
-    loaded = load_checkpoint(checkpoint, use_ema=use_ema)
+    return export_loaded(load_checkpoint(checkpoint, use_ema=use_ema), out_dir)
+
+
+def export_loaded(loaded: LoadedCheckpoint, out_dir: str | Path) -> Path:
+    """Write the official layout for an already loaded checkpoint; returns the step file."""
     extra = {}
     config = loaded.extra.get("config")
     if isinstance(config, dict):

@@ -8,6 +8,11 @@
   `online` or `offline`. `online` without credentials falls back to `offline` with one warning,
   so a run never stops at a login prompt; `offline` runs can be uploaded later with
   `wandb sync`.
+- `dashboard_config(...)`: where a run goes on the W&B dashboard. Training, `evaluate.py` and
+  every diagnostics study fill the unset W&B fields the same way, so a sweep reads as one
+  dashboard: `job_type` is `train`, `eval` or `diagnose/<study>`; `group` is the experiment (the
+  run name without one) for training and, for evaluation and studies, the group of the training
+  run the checkpoint came from (`checkpoint_run`), in that run's project.
 """
 from __future__ import annotations
 
@@ -17,11 +22,12 @@ import netrc
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
+import yaml
 from tqdm import tqdm
 
 from reasoning_core.atomic import atomic_write_text
@@ -29,6 +35,7 @@ from reasoning_core.dist import get_rank
 from reasoning_core.errors import ConfigError
 
 WANDB_MODES = ("online", "offline", "disabled")
+DEFAULT_PROJECT = "rrdyn"  # W&B project of evaluations and studies whose checkpoint names none
 
 
 class _RankFilter(logging.Filter):
@@ -82,6 +89,11 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     dir: str | None = None
 
+    def __post_init__(self) -> None:
+        # Runs when Hydra's config becomes this dataclass, so a mistyped mode fails before any work.
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"wandb mode {self.mode!r} is not one of {', '.join(WANDB_MODES)}")
+
 
 def wandb_api_key_available() -> bool:
     """True if $WANDB_API_KEY is set or the netrc file has an entry for the W&B host."""
@@ -109,6 +121,55 @@ def resolve_wandb_mode(mode: str, logger: logging.Logger | None = None) -> str:
     return mode
 
 
+def checkpoint_run(checkpoint: str | os.PathLike) -> dict[str, str | None]:
+    """{"project", "group"} of the training run that wrote a checkpoint file, read from beside it.
+
+    - official run file (`step_N` + `all_config.yaml`): project_name and run_name;
+    - one of our runs (`RUN/checkpoints/step_N.pt` + `RUN/config.yaml`): logger.project and
+      logger.group (else experiment_name, else logger.name);
+    - anything else: no project, and the name of the folder holding the file as group.
+    """
+    path = Path(checkpoint)
+    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    for config_file, official in ((path.parent / "all_config.yaml", True), (folder / "config.yaml", False)):
+        try:
+            config = yaml.safe_load(config_file.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(config, dict):
+            continue
+        if official:
+            return {"project": config.get("project_name"), "group": config.get("run_name") or folder.name}
+        logger = config.get("logger") or {}
+        group = logger.get("group") or config.get("experiment_name") or logger.get("name") or folder.name
+        return {"project": logger.get("project"), "group": group}
+    return {"project": None, "group": folder.name or None}
+
+
+def dashboard_config(
+    cfg: WandbConfig | None,
+    job_type: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    group: str | None = None,
+) -> WandbConfig:
+    """A copy of `cfg` with its unset fields filled so the run joins its sweep's dashboard.
+
+    job_type <- `job_type` (train, eval, diagnose/<study>); group <- `group`, else the
+    checkpoint's training run (`checkpoint_run`); project <- the checkpoint's project, else
+    DEFAULT_PROJECT. Values set in `cfg` always win. `cfg=None` means W&B off (mode disabled).
+    """
+    base = cfg if cfg is not None else WandbConfig(mode="disabled")
+    origin = checkpoint_run(checkpoint) if checkpoint is not None else {"project": None, "group": None}
+    return replace(
+        base,
+        job_type=base.job_type or job_type,
+        group=base.group or group or origin["group"],
+        project=base.project or origin["project"] or DEFAULT_PROJECT,
+        tags=list(base.tags),
+    )
+
+
 def _scalar(value: Any) -> Any:
     """A JSON-friendly Python scalar from a float, int, bool, str, numpy or 0-d torch value."""
     if hasattr(value, "item"):
@@ -116,6 +177,14 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, (bool, int, str)) or value is None:
         return value
     return float(value)  # NaN/inf are written as NaN/Infinity, which json.loads reads back
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: a scalar as `_scalar`; lists and dicts as compact JSON text (W&B columns
+    hold one type, and a summary mixes numbers with spectra and settings)."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return _scalar(value)
 
 
 def _safe_name(key: str) -> str:
@@ -190,11 +259,12 @@ class MetricsSink:
             self.run.log(values, step=int(step))
 
     def log_table(self, key: str, rows: Sequence[Mapping[str, Any]], step: int) -> Path | None:
-        """Record a table (one dict per row; columns are the union of keys, first-seen order)."""
+        """Record a table (one dict per row; columns are the union of keys, first-seen order;
+        list and dict values are stored as JSON text). A study's summary is `[summary]`."""
         if not self.is_main:
             return None
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        data = [[_scalar(row.get(c)) for c in columns] for row in rows]
+        data = [[_cell(row.get(c)) for c in columns] for row in rows]
         path = self.run_dir / "tables" / f"{_safe_name(key)}.step_{int(step)}.json"
         atomic_write_text(path, json.dumps({"columns": columns, "data": data}, default=str))
         relpath = str(path.relative_to(self.run_dir))

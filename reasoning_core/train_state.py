@@ -14,10 +14,13 @@ Everything is a tensor, a number, a string or a container of those, so the file 
 `torch.load(weights_only=True)`; `reasoning_core.checkpoint.load_checkpoint` reads it for
 inference. A kill at any moment leaves either the previous complete file or the new complete
 file (`atomic_torch_save`); `find_resume_checkpoint` still skips a newest file that cannot be read
-(with a warning), e.g. one damaged after it was written.
+(with a warning), e.g. one damaged after it was written. After a kill, `remove_stale_temporaries`
+deletes the temporary files an interrupted atomic write left behind, and `trim_metrics` drops the
+metrics.jsonl records (and a torn last line) written after the checkpoint the run resumes from.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from reasoning_core.act import ACTCarry
-from reasoning_core.atomic import atomic_torch_save
+from reasoning_core.atomic import atomic_torch_save, atomic_write_text
 from reasoning_core.checkpoint import FORMAT, read_state_file
 from reasoning_core.core import LatentCarry
 from reasoning_core.errors import CheckpointError
@@ -37,6 +40,7 @@ from reasoning_core.logging import get_logger
 
 VERSION = 1
 CHECKPOINT_RE = re.compile(r"^step_(\d{7,})\.pt$")
+TEMPORARY_RE = re.compile(r"^\..+\.tmp$")  # `.<name>.<random>.tmp`, as reasoning_core.atomic names them
 
 log = get_logger(__name__)
 
@@ -178,3 +182,40 @@ def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] |
         except CheckpointError as e:
             log.warning("skipping checkpoint %s: %s", path.name, e)
     return None
+
+
+# --- the run directory after a kill ------------------------------------------------------------
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the `.<name>.*.tmp` files that atomic writes killed mid-way left in the run directory,
+    its checkpoints/ and eval/ (never a destination file: those are only ever renamed into place).
+    Call on the main rank before training starts; returns what was removed."""
+    removed = []
+    for folder in (Path(run_dir), checkpoint_dir(run_dir), Path(run_dir) / "eval"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file() and TEMPORARY_RE.match(path.name):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def trim_metrics(run_dir: str | Path, step: int) -> None:
+    """Keep the metrics.jsonl records up to `step` (the checkpoint a run resumes from; -1 for a run
+    that starts over), so every step appears once after a resume. A line that does not parse (the
+    record a kill tore in half) is dropped with a warning."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            log.warning("dropping a torn line from %s: %.60s", path, line)
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

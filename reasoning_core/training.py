@@ -39,7 +39,7 @@ from reasoning_core.config import ArchConfig
 from reasoning_core.ema import EMA
 from reasoning_core.errors import CheckpointError, ConfigError, DatasetError
 from reasoning_core.evaluation import EvalOptions, evaluate_split
-from reasoning_core.logging import MetricsSink, get_logger, rank0_tqdm
+from reasoning_core.logging import MetricsSink, dashboard_config, get_logger, rank0_tqdm
 from reasoning_core.losses import ACTLossHead
 from reasoning_core.manifest import build_manifest, write_manifest
 from reasoning_core.optim import AdamATan2, SparseEmbeddingSignSGD
@@ -52,6 +52,10 @@ log = get_logger(__name__)
 
 # Config sections that define a run; resuming with different values is refused.
 IDENTITY_KEYS = ("arch", "data", "optim", "augment", "seed", "global_batch_size", "epochs")
+NO_RESUME = (None, "", "none")  # values of `resume` that start a fresh run
+# Arch fields `derive_arch` fills from the data and the ranks: not part of a run's identity (the
+# data is), and still 0 in a config that has not been derived yet.
+DERIVED_ARCH_KEYS = ("vocab_size", "seq_len", "num_puzzle_identifiers", "batch_size")
 
 
 class DivergenceError(ConfigError):
@@ -73,9 +77,12 @@ class TrainResult:
 
 def torchrun_env_from_slurm() -> None:
     """Fill RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from a SLURM (submitit) task, so
-    `init_distributed` joins the job as it would under torchrun. No-op outside SLURM."""
-    if "SLURM_PROCID" not in os.environ or "LOCAL_RANK" in os.environ:
+    `init_distributed` joins the job as it would under torchrun. A no-op under torchrun; outside
+    both, `launcher=slurm` was used without Hydra's multirun flag, which would train on this host."""
+    if "LOCAL_RANK" in os.environ:
         return
+    if "SLURM_PROCID" not in os.environ:
+        raise ConfigError("launcher=slurm submits through Hydra's submitit launcher: add -m (multirun), e.g. `python pretrain.py -m launcher=slurm experiment=...`")
     import submitit  # noqa: PLC0415 (only on SLURM)
 
     env = submitit.JobEnvironment()
@@ -134,20 +141,21 @@ def config_dict(cfg: PretrainConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
-def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     """Refuse to continue a run whose defining config differs from the current one (the
-    per-rank batch may differ: a run can resume on another number of ranks)."""
+    data-derived arch fields are left out: the per-rank batch may differ, as a run can resume on
+    another number of ranks). `where` names the saved run in the message, e.g. "run directory X"."""
     saved, current = dict(saved), dict(current)
     for d in (saved, current):
         if isinstance(d.get("arch"), dict):
-            d["arch"] = {k: v for k, v in d["arch"].items() if k != "batch_size"}
+            d["arch"] = {k: v for k, v in d["arch"].items() if k not in DERIVED_ARCH_KEYS}
     for key in IDENTITY_KEYS:
         if saved.get(key) != current.get(key):
             detail = ""
             if isinstance(saved.get(key), dict) and isinstance(current.get(key), dict):
                 diff = sorted(k for k in set(saved[key]) | set(current[key]) if saved[key].get(k) != current[key].get(k))
                 detail = f" ({', '.join(f'{key}.{k}: {saved[key].get(k)!r} -> {current[key].get(k)!r}' for k in diff[:3])})"
-            raise ConfigError(f"run directory {where} belongs to another run: `{key}` differs{detail}; choose another run_dir or restore the settings")
+            raise ConfigError(f"{where} belongs to another run: `{key}` differs{detail}; choose another run_dir or restore the settings")
 
 
 def official_names(arch: ArchConfig, root: Path) -> tuple[str, str]:
@@ -264,7 +272,7 @@ class Trainer:
         return path
 
     def _restore(self, path: Path, payload: dict[str, Any]) -> None:
-        check_same_run(payload["config"], self.config, path)
+        check_same_run(payload["config"], self.config, f"checkpoint {path}")
         train = payload["train"]
         self.model.model.load_state_dict(payload["model"])
         for name, opt in self.optimizers.items():
@@ -315,9 +323,11 @@ class Trainer:
         rdist.all_reduce_sum_([values])
         sums = dict(zip(keys + ["loss", "_stop"], values.tolist()))
         if not math.isfinite(sums["loss"]):
+            kept = ts.checkpoint_dir(self.run_dir) / ts.checkpoint_name(self.last_saved_step) if self.last_saved_step > 0 else None
             raise DivergenceError(
                 f"non-finite loss ({sums['loss']}) at step {self.step}; training stopped before the update, "
-                f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}; lower optim.lr or check the data"
+                + (f"the last good checkpoint is {kept} (also last.pt)" if kept else "no checkpoint was written yet")
+                + "; lower optim.lr or check the data"
             )
         lrs = {}
         for name, opt in self.optimizers.items():
@@ -416,12 +426,14 @@ def resolve_run_dir(cfg: PretrainConfig, info: rdist.DistInfo, hydra_dir: str | 
     chosen = Path(rdist.broadcast_object(str(mine)))
     if chosen != mine and mine.is_dir() and not any(mine.iterdir()):
         mine.rmdir()  # the empty folder Hydra made for this rank's own timestamp
+    if chosen.exists() and not chosen.is_dir():
+        raise ConfigError(f"run_dir {chosen} is a file, not a directory")
     return chosen
 
 
 def find_resume(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict] | None:
     """What to resume from, after checking the run dir is not another run's."""
-    if cfg.resume in (None, "", "none"):
+    if cfg.resume in NO_RESUME:
         if (run_dir / "config.yaml").exists() or ts.list_checkpoints(run_dir):
             raise ConfigError(f"run directory {run_dir} already holds a run; pass resume=auto to continue it or choose another run_dir")
         return None
@@ -431,22 +443,10 @@ def find_resume(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict] | None:
             raise CheckpointError(f"no readable checkpoint in {run_dir / 'checkpoints'}; every file failed to load (see warnings)")
         if found is None and (run_dir / "config.yaml").exists():
             saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-            check_same_run(saved, config_dict(cfg), run_dir)
+            check_same_run(saved, config_dict(cfg), f"run directory {run_dir}")
         return found
     path = Path(cfg.resume).expanduser()
     return path, ts.read_train_checkpoint(path)
-
-
-def trim_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics.jsonl records after `step` (logged by a run that died before its next
-    checkpoint), so every step appears once after a resume."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return
-    import json  # noqa: PLC0415
-
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
@@ -471,11 +471,14 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
             project, name = rdist.broadcast_object(official_names(cfg.arch, data_root))
             cfg.logger.project = cfg.logger.project or saved.get("project") or project
             cfg.logger.name = cfg.logger.name or saved.get("name") or name
+        cfg.logger = dashboard_config(cfg.logger, "train", group=cfg.experiment_name or cfg.logger.name)
         trainer = Trainer(cfg, info, run_dir, data_root, resume)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            if resume:
-                trim_metrics(run_dir, trainer.step)
+            ts.remove_stale_temporaries(run_dir)
+            if cfg.resume not in NO_RESUME:
+                # Records logged after the checkpoint (or by a run killed before its first one).
+                ts.trim_metrics(run_dir, trainer.step if resume else -1)
             atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(trainer.config))
             trainer.manifest = build_manifest(config=trainer.config, dataset_dir=data_root, device=str(info.device))
             write_manifest(run_dir, trainer.manifest)

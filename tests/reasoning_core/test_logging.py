@@ -19,18 +19,6 @@ from reasoning_core.logging import (
 )
 
 
-@pytest.fixture
-def isolated_wandb(tmp_path, monkeypatch):
-    """W&B folders in tmp_path, no credentials, no inherited mode."""
-    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
-    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    return tmp_path
-
-
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -96,3 +96,28 @@ def test_reshard_carries_between_world_sizes():
     two = ts.reshard_carries(one, world_size=2)
     assert two[1]["z_L"].flatten().tolist() == [-2.0, -3.0] and two[1]["halted"].tolist() == [True, False]
     assert ts.reshard_carries([None, None], world_size=1) == [None]
+
+
+def test_trim_metrics_keeps_records_up_to_the_step_and_drops_a_torn_line(tmp_path, caplog):
+    lines = ['{"step": 0, "num_params": 5}', '{"step": 1, "train/loss": 2.0}', '{"step": 2, "train/loss": 1.5}',
+             '{"step": 2, "eval/all/exact_accuracy": 0.5}', '{"step": 3, "train/loss": 1.0}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "train/lo')
+    with caplog.at_level(logging.WARNING):
+        ts.trim_metrics(tmp_path, 2)
+    assert (tmp_path / "metrics.jsonl").read_text() == "\n".join(lines[:4]) + "\n"
+    assert "dropping a torn line" in caplog.text
+    ts.trim_metrics(tmp_path, -1)  # a run that starts over keeps nothing
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    ts.trim_metrics(tmp_path / "absent", 3)  # no metrics yet: nothing to do
+
+
+def test_remove_stale_temporaries_leaves_real_files(tmp_path):
+    ts.save_checkpoint(tmp_path, _payload(10), keep_last=2)
+    stale = [tmp_path / "checkpoints" / ".step_0000011.pt.k3j2.tmp", tmp_path / ".metrics.jsonl.x1.tmp", tmp_path / "eval" / ".step_0000010.json.a.tmp"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("not ours")  # not a hidden atomic-write temporary
+    assert sorted(ts.remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "step_0000010.pt"]
+    assert (tmp_path / "notes.tmp").exists()
