@@ -3,7 +3,7 @@
     python pretrain.py experiment=sudoku_tiny                                # CPU, ~5 minutes
     torchrun --nproc-per-node 2 pretrain.py experiment=trm_sudoku_mlp        # see launch/
     python pretrain.py experiment=trm_sudoku_mlp augment=multi_perturbed_ce  # trajectory augmentation
-    python pretrain.py run_dir=outputs/train/x resume=auto                   # continue a killed run
+    python pretrain.py experiment=sudoku_tiny run_dir=R resume=auto          # continue the run in R
     python pretrain.py -m launcher=slurm experiment=hrm_sudoku               # SLURM via submitit
 
 The config is composed by Hydra from conf/pretrain.yaml (typed by reasoning_core/train_config.py)

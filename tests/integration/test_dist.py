@@ -46,6 +46,12 @@ def test_two_ranks_match_one_process(sudoku4, tmp_path):
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, atol=1e-5, rtol=0, msg=key)
 
+    # Sharded evaluation: each test example once over the two ranks, the same predictions up to
+    # a cell flipped by the ~1e-6 weight differences.
+    evals = [next(r for r in read_metrics(d) if "eval/all/count" in r) for d in (single, double)]
+    assert evals[0]["eval/all/count"] == evals[1]["eval/all/count"] == 64
+    assert evals[1]["eval/all/token_accuracy"] == pytest.approx(evals[0]["eval/all/token_accuracy"], abs=2 / (64 * 16))
+
     # Rank 0 only: one W&B run, metrics written once, no informational lines from rank 1.
     runs = list((tmp_path / "wandb_home" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
