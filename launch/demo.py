@@ -1,6 +1,6 @@
-"""The README's main job: the whole pipeline at CPU scale, end to end, in about 8 minutes on 2 cores.
+"""The README's main job: the whole pipeline at CPU scale, end to end, in about 7 minutes on 2 cores.
 
-    python launch/demo.py [--out outputs/demo/<time>] [--train-seconds 300] [--n 512] [--quick]
+    python launch/demo.py [--out outputs/demo/<time>] [--train-seconds 240] [--n 256] [--quick]
 
 Stages (each one a real command a user can run alone, printed before it runs):
   1. data      python -m puzzles.build sudoku ...        generated 9x9 Sudoku, unique solutions
@@ -37,16 +37,18 @@ class DemoPlan:
 
     n_train: int = 20000
     n_test: int = 1000
-    givens: int = 36
-    train_seconds: float = 300.0
+    givens: int = 40
+    train_seconds: float = 240.0
     max_steps: int = 1500
-    n: int = 512
-    basin_n: int = 128
-    extra_train: list[str] = field(default_factory=list)
+    eval_n: int = 512
+    n: int = 256
+    extended_n: int = 128
+    basin_n: int = 64
+    extra_train: list[str] = field(default_factory=lambda: ["data.eval_n=256"])
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(n_train=400, n_test=64, train_seconds=20.0, max_steps=20, n=32, basin_n=16,
+        return cls(n_train=400, n_test=64, train_seconds=20.0, max_steps=20, eval_n=64, n=32, extended_n=16, basin_n=16,
                    extra_train=["global_batch_size=32", "checkpoint_interval=10"])
 
 
@@ -72,10 +74,10 @@ def study_commands(out: Path, plan: DemoPlan, checkpoint: Path, data: Path) -> d
         return [py, "-m", "diagnostics", f"study={study}", *common, f"hydra.run.dir={out / 'studies' / study}", *extra]
 
     return {
-        "spectrum": cmd("spectrum", f"n={plan.n}", "study.k=4"),
+        "spectrum": cmd("spectrum", f"n={plan.n}", "study.k=2"),
         "displacement": cmd("displacement", f"n={plan.n}"),
-        "extended": cmd("extended", f"n={plan.n}", "study.segments_ext=64"),
-        "basin": cmd("basin", f"n={plan.basin_n}", "study.restarts=4", "study.sigmas=[0.0,0.1,1.0]", "study.segments_basin=24"),
+        "extended": cmd("extended", f"n={plan.extended_n}", "study.segments_ext=32"),
+        "basin": cmd("basin", f"n={plan.basin_n}", "study.restarts=3", "study.sigmas=[0.0,0.3,1.0]", "study.segments_basin=16"),
         "stats": cmd("stats", f"n={plan.n}", f"study.inputs=[{out / 'studies' / 'spectrum'},{out / 'studies' / 'displacement'}]"),
     }
 
@@ -144,7 +146,7 @@ def plot_training(train_dir: Path, path: Path) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/demo/<date>_<time>)")
-    parser.add_argument("--train-seconds", type=float, default=None, help="wall-time cap of training (default 300)")
+    parser.add_argument("--train-seconds", type=float, default=None, help=f"wall-time cap of training (default {DemoPlan.train_seconds:g})")
     parser.add_argument("--n", type=int, default=None, help="test examples sampled for the spectrum, displacement and extended studies")
     parser.add_argument("--studies", default=",".join(STUDY_ORDER), help="comma-separated subset of " + ",".join(STUDY_ORDER))
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute)")
@@ -183,9 +185,9 @@ def main() -> None:
         (train_dir / "done").write_text("")
 
     eval_dir = out / "eval"
-    say("3/5 evaluate: every test puzzle, the full segment budget, no halting")
+    say(f"3/5 evaluate: {plan.eval_n} test puzzles (seeded sample), the full segment budget, no halting")
     if not (eval_dir / "metrics.json").exists():
-        run([py, "evaluate.py", f"checkpoint={checkpoint}", f"data_path={data}", f"output_dir={eval_dir}"], env)
+        run([py, "evaluate.py", f"checkpoint={checkpoint}", f"data_path={data}", f"output_dir={eval_dir}", f"n={plan.eval_n}", "seed=0"], env)
 
     commands = study_commands(out, plan, checkpoint, data)
     for i, study in enumerate(studies, 1):
