@@ -132,13 +132,15 @@ def plot_training(train_dir: Path, path: Path) -> Path | None:
     steps = [r["step"] for r in rows]
     loss_ax.plot(steps, [r["train/loss"] for r in rows])
     loss_ax.set(xlabel="optimizer step", ylabel="train loss", yscale="log")
-    acc_ax.plot(steps, [r.get("train/accuracy", float("nan")) for r in rows], label="token")
-    acc_ax.plot(steps, [r.get("train/exact_accuracy", float("nan")) for r in rows], label="exact")
+    # ACT accuracies are over the examples that halted at that step; steps where none did carry no value
+    halted = [r for r in rows if r.get("train/count", 0) > 0]
+    acc_ax.plot([r["step"] for r in halted], [r.get("train/accuracy", float("nan")) for r in halted], label="token")
+    acc_ax.plot([r["step"] for r in halted], [r.get("train/exact_accuracy", float("nan")) for r in halted], label="exact")
     evals = [r for r in records if any(k.endswith("/exact_accuracy") and k.startswith("eval/") for k in r)]
     if evals:
         key = next(k for k in evals[0] if k.startswith("eval/") and k.endswith("/exact_accuracy"))
         acc_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o", label="test exact")
-    acc_ax.set(xlabel="optimizer step", ylabel="accuracy (train batches)", ylim=(0, 1))
+    acc_ax.set(xlabel="optimizer step", ylabel="accuracy (halted train examples)", ylim=(0, 1))
     acc_ax.legend()
     return save_figure(fig, path)
 
