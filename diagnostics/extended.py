@@ -61,7 +61,7 @@ from hydra.core.config_store import ConfigStore
 from diagnostics.adapters import SUB_UPDATE_CONVENTION
 from diagnostics.config import StudyConfig
 from diagnostics.displacement import DisplacementStudyConfig, displacement_batch, late_drift, settling_threshold
-from diagnostics.inputs import StudyInputs, load_study_inputs
+from diagnostics.inputs import StudyInputs, load_study_inputs, sample_provenance
 from diagnostics.report import config_dict, finish_study, markdown_table, new_figure, save_figure
 from diagnostics.shards import ShardStore
 from diagnostics.statistics import BOOTSTRAP_SAMPLES, bootstrap_ci, escape_rate_fit, none_if_nan, survival_curve
@@ -161,16 +161,10 @@ def study_meta(name: str, cfg: Any, inputs: StudyInputs, segments: int) -> dict[
     """The provenance fields every rollout study stores in summary.json and its shard fingerprint."""
     return {
         "study": name,
-        "dtype": cfg.dtype,
         "sub_update_convention": SUB_UPDATE_CONVENTION,
         "sub_updates_per_segment": len(inputs.core.sub_updates()),
         "segments": segments,
-        "checkpoint": str(inputs.checkpoint.path),
-        "checkpoint_sha256": inputs.checkpoint_sha256,
-        "data_path": str(cfg.data_path),
-        "split": "test",
-        "n": len(inputs.index),
-        "seed": cfg.seed,
+        **sample_provenance(inputs, data_path=cfg.data_path, seed=cfg.seed, dtype=cfg.dtype),
     }
 
 

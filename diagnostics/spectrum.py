@@ -49,7 +49,7 @@ from hydra.core.config_store import ConfigStore
 
 from diagnostics.adapters import JVP_IMPLS, SUB_UPDATE_CONVENTION, SubUpdateMap, keep_freed_memory, segment_ftle
 from diagnostics.config import StudyConfig
-from diagnostics.inputs import StudyInputs, load_study_inputs
+from diagnostics.inputs import StudyInputs, load_study_inputs, sample_provenance
 from diagnostics.lyapunov import ESTIMATOR
 from diagnostics.report import config_dict, finish_study, markdown_table, new_figure, save_figure
 from diagnostics.shards import ShardStore
@@ -233,18 +233,12 @@ def run_spectrum(cfg: Any, out_dir: Path) -> int:
         "jvp_impl": study.jvp_impl,
         "k": study.k,
         "t_ons": study.t_ons,
-        "dtype": cfg.dtype,
         "sub_update_convention": SUB_UPDATE_CONVENTION,
         "sub_updates_per_segment": n_sub,
         "segments": segments,
         "warmup_segments": study.warmup_segments,
         "tangent_seed": study.tangent_seed,
-        "checkpoint": str(inputs.checkpoint.path),
-        "checkpoint_sha256": inputs.checkpoint_sha256,
-        "data_path": str(cfg.data_path),
-        "split": "test",
-        "n": len(inputs.index),
-        "seed": cfg.seed,
+        **sample_provenance(inputs, data_path=cfg.data_path, seed=cfg.seed, dtype=cfg.dtype),
     }
     store = ShardStore(out_dir, {**meta, "batch_size": cfg.batch_size, "study_config": config_dict(study)})
     n_batches = -(-len(inputs.index) // cfg.batch_size)
