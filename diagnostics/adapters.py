@@ -28,10 +28,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from diagnostics.fast_jvp import module_jvp
 from diagnostics.lyapunov import orthonormalise, push_tangents
+from reasoning_core.progress import progress_bar
 from reasoning_core.core import Batch, LatentCarry, RecurrentCore, UpdateKind
 from reasoning_core.errors import ConfigError
 from reasoning_core.layers import math_sdpa
@@ -283,7 +283,7 @@ def segment_ftle(
     n_sub = smap.sub_updates_per_segment
     log = ReadoutLog()
     per_segment: list[Tensor] = []
-    with torch.no_grad(), tqdm(total=segments * n_sub, desc="ftle", disable=not progress, leave=False) as bar:
+    with torch.no_grad(), progress_bar(total=segments * n_sub, desc="ftle", disable=not progress, leave=False) as bar:
         frame, _ = orthonormalise(tangents.to(z.dtype))
         for _ in range(segments):
             total = torch.zeros(z.shape[0], k, dtype=torch.float64, device=z.device)

@@ -68,6 +68,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from reasoning_core.errors import ConfigError
+from reasoning_core.progress import progress_bar
 
 StepFn = Callable[[Tensor], Tensor]
 
@@ -232,7 +233,7 @@ def lyapunov_log_r(
     record: list[Tensor] = []
     # No autograd graph: forward-mode AD does not need one, and parameters that require grad
     # would otherwise make every primal op record a backward graph.
-    with torch.no_grad(), tqdm(total=warmup + n_steps, desc="lyapunov", disable=not progress, leave=False) as bar:
+    with torch.no_grad(), progress_bar(total=warmup + n_steps, desc="lyapunov", disable=not progress, leave=False) as bar:
         frame, _ = orthonormalise(tangents.to(z0.dtype))
         state = z0
         if warmup:

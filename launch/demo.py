@@ -57,9 +57,14 @@ def say(message: str) -> None:
 
 
 def run(cmd: list[str], env: dict[str, str]) -> None:
-    """Run one stage's command from the repo root, streaming its output; stop the demo on failure."""
+    """Run one stage's command from the repo root, streaming its output; stop the demo on failure.
+
+    The stage's stderr (progress bars, log records) joins stdout, so `make demo > demo.log` keeps
+    everything in order in one file; where that is not a terminal the bars print a whole line at
+    an interval (reasoning_core.progress) instead of one carriage-return update per step.
+    """
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    code = subprocess.call(cmd, cwd=ROOT, env=env)
+    code = subprocess.call(cmd, cwd=ROOT, env=env, stderr=subprocess.STDOUT)
     if code:
         print(f"error: stage failed with exit code {code}: {' '.join(cmd[:3])} ...", file=sys.stderr)
         sys.exit(code)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from puzzles.maze import CHARSET
+from reasoning_core.progress import progress_bar
 from reasoning_core.errors import DatasetError
 
 SUDOKU_EXTREME_REPO = "sapientinc/sudoku-extreme"
@@ -101,7 +101,7 @@ def read_puzzle_csv(path: str | Path, kind: str) -> CsvPuzzles:
             header = next(reader, None)
             if header != HEADER:
                 raise DatasetError(f"{path}:1: header is {header}, expected {','.join(HEADER)}")
-            for row in tqdm(reader, desc=f"reading {path.name}", unit=" rows", disable=None, mininterval=2.0):
+            for row in progress_bar(reader, desc=f"reading {path.name}", unit=" rows", mininterval=2.0):
                 if len(row) != 4:
                     raise DatasetError(f"{path}:{reader.line_num}: expected 4 fields "
                                        f"(source, question, answer, rating), got {len(row)}")

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from tqdm import tqdm
 
 from puzzles._rng import puzzle_seeds, randint, uniform
+from reasoning_core.progress import progress_bar
 from reasoning_core.errors import ConfigError
 
 CHARSET = "# SGo"  # token = position + 1
@@ -256,7 +256,7 @@ def generate_maze(n: int, size: int = 30, min_path: int = 110, unique_path: bool
     inputs = np.zeros((n, size * size), np.uint8)
     labels = np.zeros((n, size * size), np.uint8)
     lengths = np.zeros(n, np.int64)
-    for s in tqdm(range(0, n, _CHUNK), desc=f"maze {size}x{size} min_path={min_path}", unit_scale=_CHUNK,
+    for s in progress_bar(range(0, n, _CHUNK), desc=f"maze {size}x{size} min_path={min_path}", unit_scale=_CHUNK,
                   disable=None if n > 4 * _CHUNK else True):
         sl = slice(s, s + _CHUNK)
         ok = _generate(seeds[sl], size, min_path, unique_path, lo, hi, _MAX_ATTEMPTS,

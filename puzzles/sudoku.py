@@ -33,10 +33,10 @@ from functools import lru_cache
 
 import numpy as np
 from numba import njit
-from tqdm import tqdm
 
 from puzzles._rng import puzzle_seeds, randint
 from puzzles.augment import sudoku_transform_indices
+from reasoning_core.progress import progress_bar
 from reasoning_core.errors import ConfigError
 
 BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # size -> (box rows, box cols)
@@ -414,7 +414,7 @@ def generate_sudoku(n: int, givens: int, seed: int, size: int = 9) -> tuple[np.n
     if direct:
         geo = _geometry(size)
         starts = range(0, n, _CHUNK)
-        for s in tqdm(starts, desc=f"sudoku {size}x{size} givens={givens}", unit_scale=_CHUNK,
+        for s in progress_bar(starts, desc=f"sudoku {size}x{size} givens={givens}", unit_scale=_CHUNK,
                       disable=None if n > 4 * _CHUNK else True):
             sl = slice(s, s + _CHUNK)
             ok[sl] = _generate(seeds[sl], givens, size, *geo, _GREEDY_ATTEMPTS, _LOCAL_ITERS, _LOCAL_DROP,
@@ -422,7 +422,7 @@ def generate_sudoku(n: int, givens: int, seed: int, size: int = 9) -> tuple[np.n
     missing = np.flatnonzero(~ok)
     if len(missing) and size != 9:
         raise ConfigError(f"could not generate a {size}x{size} Sudoku with {givens} givens; use more givens")
-    for i in tqdm(missing, desc=f"sudoku from known 17-given puzzles, givens={givens}",
+    for i in progress_bar(missing, desc=f"sudoku from known 17-given puzzles, givens={givens}",
                   disable=None if len(missing) > 100 else True):
         puzzles[i], solutions[i] = _from_known_17(givens, int(seeds[i]))
     return puzzles, solutions, np.asarray(rate(puzzles), dtype=np.int64).reshape(n)

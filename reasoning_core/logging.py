@@ -2,7 +2,7 @@
 
 - `get_logger(name)`: a stdlib logger whose records carry a `[rank r]` prefix; ranks other than
   0 emit WARNING and above only. Works under Hydra's logging config and without one.
-- `rank0_tqdm(...)`: tqdm that is disabled on every rank except 0.
+- `rank0_tqdm(...)`: `reasoning_core.progress.progress_bar`, the rank-0 bar that stays readable in a log.
 - `MetricsSink`: on rank 0, appends one JSON object per `log()` call to `run_dir/metrics.jsonl`
   (always, whatever the W&B mode) and mirrors scalars, tables and images to W&B when the mode is
   `online` or `offline`. `online` without credentials falls back to `offline` with one warning,
@@ -28,11 +28,11 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
 import yaml
-from tqdm import tqdm
 
 from reasoning_core.atomic import atomic_write_text
 from reasoning_core.dist import get_rank
 from reasoning_core.errors import ConfigError
+from reasoning_core.progress import progress_bar as rank0_tqdm  # noqa: F401 (re-exported)
 
 WANDB_MODES = ("online", "offline", "disabled")
 DEFAULT_PROJECT = "rrdyn"  # W&B project of evaluations and studies whose checkpoint names none
@@ -65,13 +65,6 @@ def get_logger(name: str) -> logging.Logger:
         # Outside Hydra nothing configured logging; give records somewhere to go.
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return logger
-
-
-def rank0_tqdm(*args: Any, **kwargs: Any) -> tqdm:
-    """`tqdm(*args, **kwargs)`, disabled on ranks other than 0 (and where disable=True)."""
-    kwargs["disable"] = bool(kwargs.get("disable", False)) or get_rank() != 0
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(*args, **kwargs)
 
 
 @dataclass

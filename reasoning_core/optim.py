@@ -87,6 +87,16 @@ class AdamATan2(Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         return bool(params) and all(self._use_kernel(p.device) for p in params)
 
+    def describe_path(self) -> str:
+        """One line saying which update path runs and why (logged at start-up)."""
+        if self.uses_fused_kernel:
+            return "AdamATan2: fused CUDA kernel (adam_atan2_backend)"
+        if self.fused is False:
+            return "AdamATan2: pure torch (optim.fused=false)"
+        if fused_backend() is None:
+            return "AdamATan2: pure torch (adam_atan2_backend not installed; `make setup-cuda` builds it on a GPU box)"
+        return "AdamATan2: pure torch (parameters are not on CUDA)"
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Update every parameter that has a gradient; parameters without one are skipped."""

@@ -379,7 +379,7 @@ class Trainer:
                 train_metrics["train/examples_per_s"] = (self.step - last_step) * cfg.global_batch_size / max(now - last_t, 1e-9)
                 last_t, last_step = now, self.step
                 sink.log({k: v for k, v in train_metrics.items() if not k.startswith("_")}, step=self.step)
-                bar.set_postfix(loss=f"{train_metrics['train/loss']:.3f}", exact=f"{train_metrics['train/exact_accuracy']:.3f}")
+                bar.set_postfix(loss=f"{train_metrics['train/loss']:.3f}", exact=f"{train_metrics['train/exact_accuracy']:.3f}", refresh=False)
             if train_metrics["_stop"] > 0:
                 log.info("max_train_seconds=%s reached at step %d", cfg.max_train_seconds, self.step)
                 break
@@ -484,6 +484,7 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
             write_manifest(run_dir, trainer.manifest)
             log.info("run dir %s | %s | %d parameters | device %s x%d | dtype %s | git %s%s", run_dir, cfg.arch.name, trainer.num_params, info.device, info.world_size,
                      cfg.arch.forward_dtype, trainer.manifest["git"]["commit"][:10], " (dirty)" if trainer.manifest["git"]["dirty"] else "")
+            log.info("optimizer: %s", trainer.optimizers["adam"].describe_path())
         with MetricsSink(run_dir, cfg.logger, info.is_main, config=trainer.config) as sink:
             sink.update_config({"num_params": trainer.num_params, "world_size": info.world_size})
             if not resume:

@@ -331,3 +331,11 @@ def test_sign_sgd_two_gloo_ranks_equal_single_process(tmp_path):
     run_gloo(_sparse_worker, 2, str(tmp_path))
     for rank in range(2):
         assert torch.equal(torch.load(tmp_path / f"weights_{rank}.pt"), weights)
+
+
+def test_adam_atan2_describes_its_path_on_cpu():
+    """The start-up log line names the pure-torch path and why."""
+    opt = AdamATan2([torch.nn.Parameter(torch.zeros(3))], fused=False)
+    assert opt.describe_path() == "AdamATan2: pure torch (optim.fused=false)"
+    opt = AdamATan2([torch.nn.Parameter(torch.zeros(3))])
+    assert opt.describe_path().startswith("AdamATan2: pure torch (")
