@@ -6,9 +6,9 @@
     python pretrain.py experiment=sudoku_tiny run_dir=R resume=auto          # continue the run in R
     python pretrain.py -m launcher=slurm experiment=hrm_sudoku               # SLURM via submitit
 
-The config is composed by Hydra from conf/pretrain.yaml (typed by reasoning_core/train_config.py)
-and converted once; the loop lives in reasoning_core/training.py. Export a checkpoint to the
-official layout with `python -m reasoning_core.export CKPT OUT_DIR`.
+The config is composed by Hydra from conf/pretrain.yaml (typed by training/config.py)
+and converted once; the loop lives in training/loop.py. Export a checkpoint to the
+official layout with `python -m training.export CKPT OUT_DIR`.
 """
 from __future__ import annotations
 
@@ -16,18 +16,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import hrm  # noqa: F401  (registers the arch)
-import trm  # noqa: F401
-from reasoning_core.cli import hydra_cli
-from reasoning_core.errors import exit_on_user_error
-from reasoning_core.train_config import PretrainConfig, register_configs
+from runtime.cli import hydra_cli
+from runtime.errors import exit_on_user_error
+from training.config import PretrainConfig, register_configs
 
 register_configs()
 
 
 @hydra.main(config_path="conf", config_name="pretrain", version_base="1.3")
 def main(dict_cfg: DictConfig) -> None:
-    from reasoning_core.training import run  # noqa: PLC0415 (after Hydra has parsed the command line)
+    from training.loop import run  # noqa: PLC0415 (after Hydra has parsed the command line)
 
     with exit_on_user_error():
         cfg: PretrainConfig = OmegaConf.to_object(dict_cfg)

@@ -28,11 +28,11 @@ from typing import Callable
 
 import torch
 
-import trm  # noqa: F401  (registers the arch)
+import archs  # noqa: F401  (registers trm and hrm)
 from diagnostics.adapters import SubUpdateMap, initial_frame, keep_freed_memory, rollout, segment_ftle
 from diagnostics.lyapunov import seed_method_lambda1
-from reasoning_core.layers import math_sdpa
-from reasoning_core.registry import build_model
+from model_core.layers import math_sdpa
+from model_core.registry import build_model
 from trm.config import TRMConfig
 
 

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-import trm  # noqa: F401
-from reasoning_core.registry import build_model
+import archs  # noqa: F401  (registers trm and hrm)
+from model_core.registry import build_model
 from trm.config import TRMConfig
 
 

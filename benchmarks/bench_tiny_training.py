@@ -23,10 +23,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import hrm  # noqa: F401
-import trm  # noqa: F401
-from reasoning_core.train_config import register_configs
-from reasoning_core.training import run
+import archs  # noqa: F401  (registers trm and hrm)
+from training.config import register_configs
+from training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,8 +24,8 @@ from diagnostics.extended import run_extended
 from diagnostics.spectrum import run_spectrum
 from diagnostics.stats import run_stats
 from diagnostics.validate import run_validate
-from reasoning_core.cli import hydra_cli
-from reasoning_core.errors import ConfigError, exit_on_user_error
+from runtime.cli import hydra_cli
+from runtime.errors import ConfigError, exit_on_user_error
 
 # study name -> runner(cfg, out_dir) -> exit code
 STUDIES: dict[str, Callable[[DiagnoseConfig, Path], int]] = {

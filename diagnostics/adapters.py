@@ -31,11 +31,11 @@ from torch import Tensor
 
 from diagnostics.fast_jvp import module_jvp
 from diagnostics.lyapunov import orthonormalise, push_tangents
-from reasoning_core.progress import progress_bar
-from reasoning_core.core import Batch, LatentCarry, RecurrentCore, UpdateKind
-from reasoning_core.errors import ConfigError
-from reasoning_core.layers import math_sdpa
-from reasoning_core.losses import IGNORE_LABEL_ID
+from runtime.progress import progress_bar
+from model_core.core import Batch, LatentCarry, RecurrentCore, UpdateKind
+from runtime.errors import ConfigError
+from model_core.layers import math_sdpa
+from model_core.losses import IGNORE_LABEL_ID
 
 JvpImpl = Literal["manual", "func"]
 JVP_IMPLS = ("manual", "func")

@@ -60,8 +60,8 @@ from diagnostics.report import config_dict, finish_study, markdown_table, new_fi
 from diagnostics.shards import ShardStore
 from diagnostics.statistics import BOOTSTRAP_SAMPLES, bootstrap_ci, none_if_nan, rule_of_three
 from diagnostics.trajectory import record_rollout
-from reasoning_core.errors import ConfigError
-from reasoning_core.logging import get_logger, rank0_tqdm
+from runtime.errors import ConfigError
+from runtime.logging import get_logger, rank0_tqdm
 
 log = get_logger("diagnostics.basin")
 WHERE = {"z_H": (0,), "z_L": (1,), "both": (0, 1)}  # state channels perturbed, (B, 2, S, D) layout

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from diagnostics.report import format_value, markdown_table
-from reasoning_core.atomic import atomic_write_text
-from reasoning_core.errors import UserError, exit_on_user_error
+from runtime.atomic import atomic_write_text
+from runtime.errors import UserError, exit_on_user_error
 
 # study -> (column, dotted key of the value, dotted key of its [lo, hi] CI or None); columns
 # with the same name in several studies share one column of the table

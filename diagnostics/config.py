@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from reasoning_core.logging import WandbConfig
+from runtime.logging import WandbConfig
 
 # Rows of the known-answer table (analysis §7), in report order; see diagnostics.validate.
 VALIDATE_CHECKS = ("diagonal", "symmetric", "shear", "henon", "logistic", "lorenz", "logdet", "conjugation")

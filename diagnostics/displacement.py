@@ -63,9 +63,9 @@ from diagnostics.spectrum import givens_count
 from diagnostics.statistics import (BOOTSTRAP_SAMPLES, SETTLING_CELLS, auc_with_ci, fraction_below, median_or_none, none_if_nan,
                                     otsu_threshold, percentile_sweep, separability, settling_cells, settling_counts)
 from diagnostics.trajectory import MAZE_VOCAB, SUCCESS_RULES, record_rollout, success_by_segment
-from reasoning_core.dist import resolve_device
-from reasoning_core.errors import ConfigError
-from reasoning_core.logging import get_logger, rank0_tqdm
+from runtime.dist import resolve_device
+from runtime.errors import ConfigError
+from runtime.logging import get_logger, rank0_tqdm
 
 log = get_logger("diagnostics.displacement")
 FIGURES = {"drift": "drift_curves.png", "hist": "d_late_hist.png", "cells": "cells.png"}

@@ -66,9 +66,9 @@ from diagnostics.report import config_dict, finish_study, markdown_table, new_fi
 from diagnostics.shards import ShardStore
 from diagnostics.statistics import BOOTSTRAP_SAMPLES, bootstrap_ci, escape_rate_fit, none_if_nan, survival_curve
 from diagnostics.trajectory import MAZE_VOCAB, SUCCESS_RULES, success_by_segment
-from reasoning_core.dist import resolve_device
-from reasoning_core.errors import ConfigError
-from reasoning_core.logging import get_logger, rank0_tqdm
+from runtime.dist import resolve_device
+from runtime.errors import ConfigError
+from runtime.logging import get_logger, rank0_tqdm
 
 log = get_logger("diagnostics.extended")
 FATES = ("success", "solved_later", "settled_wrong", "churning")

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diagnostics.lyapunov import push_tangents
-from reasoning_core.layers import Attention, CosSin, ReasoningBlock, ReasoningModule, SwiGLU, apply_rotary_pos_emb, math_sdpa, rms_norm
+from model_core.layers import Attention, CosSin, ReasoningBlock, ReasoningModule, SwiGLU, apply_rotary_pos_emb, math_sdpa, rms_norm
 
 
 def _weight(linear: torch.nn.Module, dtype: torch.dtype) -> Tensor:

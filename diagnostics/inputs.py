@@ -14,15 +14,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-import hrm  # noqa: F401  (registers the arch)
-import trm  # noqa: F401
+import archs  # noqa: F401  (registers trm and hrm)
 from puzzles.layout import PuzzleMetadata, load_split
-from reasoning_core.checkpoint import LoadedCheckpoint, load_checkpoint
-from reasoning_core.config import ArchConfig
-from reasoning_core.core import RecurrentCore
-from reasoning_core.errors import ConfigError
-from reasoning_core.evaluation import check_data_fits, example_puzzle_ids, select_indices
-from reasoning_core.losses import IGNORE_LABEL_ID
+from model_core.checkpoint import LoadedCheckpoint, load_checkpoint
+from model_core.config import ArchConfig
+from model_core.core import RecurrentCore
+from runtime.errors import ConfigError
+from training.evaluation import check_data_fits, example_puzzle_ids, select_indices
+from model_core.losses import IGNORE_LABEL_ID
 
 STUDY_DTYPES = ("float32", "float64")
 

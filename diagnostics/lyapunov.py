@@ -67,8 +67,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from reasoning_core.errors import ConfigError
-from reasoning_core.progress import progress_bar
+from runtime.errors import ConfigError
+from runtime.progress import progress_bar
 
 StepFn = Callable[[Tensor], Tensor]
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from reasoning_core.atomic import atomic_write_bytes, atomic_write_text
+from runtime.atomic import atomic_write_bytes, atomic_write_text
 
 
 def format_value(value: Any) -> str:
@@ -91,8 +91,8 @@ def finish_study(
     metrics.jsonl / W&B record: the `scalars` keys of the summary under `diag/<study>/`, the whole
     summary as a one-row table and the figures as images. The W&B run is of job type
     `diagnose/<study name>`, in the group and project of the checkpoint's training run."""
-    from reasoning_core.logging import MetricsSink, dashboard_config  # noqa: PLC0415
-    from reasoning_core.manifest import build_manifest, write_manifest  # noqa: PLC0415
+    from runtime.logging import MetricsSink, dashboard_config  # noqa: PLC0415
+    from runtime.manifest import build_manifest, write_manifest  # noqa: PLC0415
 
     if results is not None:
         save_npz(out_dir / "results.npz", results)

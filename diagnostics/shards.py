@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 import numpy as np
 
-from reasoning_core.atomic import atomic_write_bytes, atomic_write_text
-from reasoning_core.errors import UserError
+from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.errors import UserError
 
 
 class ShardStore:

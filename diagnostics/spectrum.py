@@ -54,9 +54,9 @@ from diagnostics.lyapunov import ESTIMATOR
 from diagnostics.report import config_dict, finish_study, markdown_table, new_figure, save_figure
 from diagnostics.shards import ShardStore
 from diagnostics.statistics import BOOTSTRAP_SAMPLES, auc, bootstrap_ci, median_or_none, none_if_nan
-from reasoning_core.dist import resolve_device
-from reasoning_core.errors import ConfigError
-from reasoning_core.logging import get_logger, rank0_tqdm
+from runtime.dist import resolve_device
+from runtime.errors import ConfigError
+from runtime.logging import get_logger, rank0_tqdm
 
 log = get_logger("diagnostics.spectrum")
 SUDOKU_PAD, SUDOKU_BLANK = 0, 1

@@ -52,9 +52,9 @@ from diagnostics.report import finish_study, markdown_table, new_figure, save_fi
 from diagnostics.statistics import (BOOTSTRAP_SAMPLES, auc_with_ci, bhattacharyya_gaussian, cohens_d, cross_validated_probabilities,
                                     histogram_overlap, none_if_nan, quantile_bins, stratified_auc, stratified_folds)
 from diagnostics.trajectory import SUCCESS_RULES
-from reasoning_core.dist import resolve_device
-from reasoning_core.errors import ConfigError, UserError
-from reasoning_core.logging import get_logger
+from runtime.dist import resolve_device
+from runtime.errors import ConfigError, UserError
+from runtime.logging import get_logger
 
 log = get_logger("diagnostics.stats")
 FIGURE = "auc_forest.png"

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from diagnostics.adapters import SegmentReadouts, SubUpdateMap, ReadoutLog
-from reasoning_core.errors import ConfigError
-from reasoning_core.losses import IGNORE_LABEL_ID
+from runtime.errors import ConfigError
+from model_core.losses import IGNORE_LABEL_ID
 
 MAZE_VOCAB = 6
 SUCCESS_RULES = ("exact", "valid_path")

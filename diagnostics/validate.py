@@ -37,10 +37,10 @@ from diagnostics import systems
 from diagnostics.config import VALIDATE_CHECKS, DiagnoseConfig, ValidateStudyConfig
 from diagnostics.lyapunov import lyapunov_log_r, lyapunov_spectrum
 from diagnostics.report import markdown_table, write_outputs
-from reasoning_core.dist import resolve_device
-from reasoning_core.errors import ConfigError
-from reasoning_core.logging import MetricsSink, dashboard_config, get_logger, rank0_tqdm
-from reasoning_core.manifest import build_manifest, write_manifest
+from runtime.dist import resolve_device
+from runtime.errors import ConfigError
+from runtime.logging import MetricsSink, dashboard_config, get_logger, rank0_tqdm
+from runtime.manifest import build_manifest, write_manifest
 
 log = get_logger("diagnostics.validate")
 DTYPE = torch.float64

@@ -1,8 +1,11 @@
-"""HRM, the Hierarchical Reasoning Model (Wang et al., 2025), registered as arch `hrm`."""
+"""HRM, the Hierarchical Reasoning Model (Wang et al., 2025): arch `hrm`.
+
+`SPEC` describes it to the architecture registry; `archs.py` registers it.
+"""
 from hrm.config import HRMConfig
 from hrm.model import HRMCore
-from reasoning_core.registry import ArchSpec, register_arch
+from model_core.registry import ArchSpec
 
-register_arch(ArchSpec("hrm", HRMConfig, HRMCore, official_names=("hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",)))
+SPEC = ArchSpec("hrm", HRMConfig, HRMCore, official_names=("hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",))
 
-__all__ = ["HRMConfig", "HRMCore"]
+__all__ = ["SPEC", "HRMConfig", "HRMCore"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reasoning_core.config import ArchConfig
+from model_core.config import ArchConfig
 
 
 @dataclass

@@ -7,8 +7,8 @@ Wang et al. 2025). With H_cycles = L_cycles = 2: L L H L (no grad) then L H (gra
 from __future__ import annotations
 
 from hrm.config import HRMConfig
-from reasoning_core.core import RecurrentCore, UpdateKind
-from reasoning_core.layers import ReasoningBlock, ReasoningModule
+from model_core.core import RecurrentCore, UpdateKind
+from model_core.layers import ReasoningBlock, ReasoningModule
 
 
 class HRMCore(RecurrentCore):

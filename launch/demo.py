@@ -61,7 +61,7 @@ def run(cmd: list[str], env: dict[str, str]) -> None:
 
     The stage's stderr (progress bars, log records) joins stdout, so `make demo > demo.log` keeps
     everything in order in one file; where that is not a terminal the bars print a whole line at
-    an interval (reasoning_core.progress) instead of one carriage-return update per step.
+    an interval (runtime.progress) instead of one carriage-return update per step.
     """
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     code = subprocess.call(cmd, cwd=ROOT, env=env, stderr=subprocess.STDOUT)

@@ -36,7 +36,7 @@ from puzzles.augment import augment_mazes, augment_sudoku, maze_aug_tids
 from puzzles.layout import PuzzleArrays, content_hash, write_dataset
 from puzzles.maze import VOCAB_SIZE as MAZE_VOCAB, generate_maze
 from puzzles.sudoku import encode_sudoku, generate_sudoku
-from reasoning_core.errors import ConfigError, DatasetError, exit_on_user_error
+from runtime.errors import ConfigError, DatasetError, exit_on_user_error
 
 FORMAT_VERSION = 1  # bump when generated content changes for the same config
 _AUG_CHUNK = 1 << 16  # Sudoku rows augmented per call (fixed: the rng stream depends on it)

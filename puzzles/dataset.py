@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from puzzles.layout import PuzzleSplit, load_split, read_metadata
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 IGNORE_LABEL_ID = -100
 

@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from reasoning_core.errors import DatasetError
+from runtime.errors import DatasetError
 
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 _MMAPPED = ("inputs", "labels")  # large; the index arrays are small and held in memory
@@ -133,7 +133,7 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 def content_hash(root: str | Path) -> str:
     """sha256 over the relative paths and bytes of every dataset file under `root` (build.json and
-    hidden files excluded: `reasoning_core.manifest` caches its per-file digests in a dot-file there)."""
+    hidden files excluded: `runtime.manifest` caches its per-file digests in a dot-file there)."""
     root = Path(root)
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "build.json"

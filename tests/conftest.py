@@ -11,8 +11,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-import hrm  # noqa: E402,F401  (registers the archs for every test)
-import trm  # noqa: E402,F401
+import archs  # noqa: E402,F401  (registers trm and hrm)
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"

@@ -203,7 +203,7 @@ def test_table_covers_every_entry_point():
     """Test hypothesis: the table is there and names each user-facing entry point."""
     assert len(ROWS) >= 30
     commands = " ".join(r.command for r in ROWS)
-    for entry in ("python pretrain.py", "python evaluate.py", "python -m diagnostics", "python -m puzzles.build", "python -m reasoning_core.hub push"):
+    for entry in ("python pretrain.py", "python evaluate.py", "python -m diagnostics", "python -m puzzles.build", "python -m training.publish push"):
         assert entry in commands, entry
     assert len({r.command for r in ROWS}) == len(ROWS), "duplicate commands in the table"
 

@@ -1,8 +1,11 @@
-"""TRM, the Tiny Recursive Model (Jolicoeur-Martineau, 2025), registered as arch `trm`."""
-from reasoning_core.registry import ArchSpec, register_arch
+"""TRM, the Tiny Recursive Model (Jolicoeur-Martineau, 2025): arch `trm`.
+
+`SPEC` describes it to the architecture registry; `archs.py` registers it.
+"""
+from model_core.registry import ArchSpec
 from trm.config import TRMConfig
 from trm.model import TRMCore
 
-register_arch(ArchSpec("trm", TRMConfig, TRMCore, official_names=("recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",)))
+SPEC = ArchSpec("trm", TRMConfig, TRMCore, official_names=("recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",))
 
-__all__ = ["TRMConfig", "TRMCore"]
+__all__ = ["SPEC", "TRMConfig", "TRMCore"]

@@ -6,8 +6,8 @@ starting point (official `TinyRecursiveReasoningModel_ACTV1`, Jolicoeur-Martinea
 """
 from __future__ import annotations
 
-from reasoning_core.core import RecurrentCore, UpdateKind
-from reasoning_core.layers import ReasoningBlock, ReasoningModule
+from model_core.core import RecurrentCore, UpdateKind
+from model_core.layers import ReasoningBlock, ReasoningModule
 from trm.config import TRMConfig
 
 

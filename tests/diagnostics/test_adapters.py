@@ -14,9 +14,9 @@ import torch
 
 from diagnostics.adapters import SegmentReadouts, SubUpdateMap, join_carry, keep_freed_memory, rollout, segment_ftle, split_state
 from diagnostics.lyapunov import lyapunov_log_r
-from reasoning_core.checkpoint import load_checkpoint
-from reasoning_core.errors import ConfigError
-from reasoning_core.layers import math_sdpa
+from model_core.checkpoint import load_checkpoint
+from runtime.errors import ConfigError
+from model_core.layers import math_sdpa
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 MODELS = ("trm_mlp", "trm_att", "hrm")

@@ -16,7 +16,7 @@ import torch
 from diagnostics.basin import BasinStudyConfig, hard_core, perturb, restart_noise, run_basin, select_controls
 from diagnostics.config import DiagnoseConfig
 from diagnostics.extended import first_solved_after
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 from tests.diagnostics.test_extended import FIXTURES, assert_resumes, load_npz, plant_labels, typed_config
 
 

@@ -16,7 +16,7 @@ import pytest
 from diagnostics import displacement, spectrum
 from diagnostics.collect import HEADLINES, find_runs, main, natural_key, short_names
 from diagnostics.stats import run_stats
-from reasoning_core.errors import UserError
+from runtime.errors import UserError
 from tests.diagnostics.test_stats import stats_config, synthetic_runs
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from diagnostics.displacement import DisplacementStudyConfig, late_drift, run_di
 from diagnostics.inputs import load_study_inputs
 from diagnostics.statistics import separability, settling_cells, settling_counts
 from diagnostics.trajectory import record_rollout
-from reasoning_core.errors import ConfigError, DatasetError
+from runtime.errors import ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "official" / "trm_mlp"

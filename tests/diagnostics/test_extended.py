@@ -21,7 +21,7 @@ from diagnostics.extended import (CHURNING, FATES, SETTLED_WRONG, SOLVED_AT_BUDG
 from diagnostics.inputs import load_study_inputs
 from diagnostics.statistics import escape_rate_fit, survival_curve
 from diagnostics.trajectory import record_rollout
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "official"

@@ -12,8 +12,8 @@ import torch
 from diagnostics.fast_jvp import block_jvp, layer_jvp, module_jvp, rms_norm_jvp, swiglu_jvp
 from diagnostics.lyapunov import push_tangents
 from hrm.config import HRMConfig
-from reasoning_core.layers import SwiGLU, math_sdpa, rms_norm
-from reasoning_core.registry import build_model
+from model_core.layers import SwiGLU, math_sdpa, rms_norm
+from model_core.registry import build_model
 from trm.config import TRMConfig
 
 RTOL = 1e-10

@@ -20,7 +20,7 @@ from diagnostics.lyapunov import (
     push_tangents,
     seed_method_lambda1,
 )
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 F64, F32 = torch.float64, torch.float32
 

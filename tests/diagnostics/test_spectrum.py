@@ -17,10 +17,10 @@ from diagnostics.config import DiagnoseConfig
 from diagnostics.lyapunov import seed_method_lambda1
 from diagnostics.spectrum import SpectrumStudyConfig, example_frames, givens_count, run_spectrum
 from hrm.config import HRMConfig
-from reasoning_core.checkpoint import load_checkpoint
-from reasoning_core.errors import ConfigError
-from reasoning_core.layers import math_sdpa
-from reasoning_core.registry import build_model
+from model_core.checkpoint import load_checkpoint
+from runtime.errors import ConfigError
+from model_core.layers import math_sdpa
+from model_core.registry import build_model
 from trm.config import TRMConfig
 
 REPO = Path(__file__).resolve().parents[2]

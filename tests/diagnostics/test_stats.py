@@ -19,7 +19,7 @@ from diagnostics.spectrum import SpectrumStudyConfig, run_spectrum
 from diagnostics.statistics import (auc, bhattacharyya_gaussian, cohens_d, cross_validated_probabilities, fit_logistic, histogram_overlap,
                                     quantile_bins, stratified_auc, stratified_folds)
 from diagnostics.stats import StatsStudyConfig, exponent_scores, run_stats, window_exponents
-from reasoning_core.errors import ConfigError, UserError
+from runtime.errors import ConfigError, UserError
 from tests.diagnostics.test_displacement import BATCH, FIXTURE, N, SEGMENTS, SOLVED_ROWS, make_crafted_data
 
 REPO = Path(__file__).resolve().parents[2]

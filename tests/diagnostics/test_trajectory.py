@@ -6,7 +6,7 @@ import torch
 from diagnostics.adapters import SubUpdateMap, rollout
 from diagnostics.inputs import load_study_inputs
 from diagnostics.trajectory import record_rollout, success_by_segment
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 import diagnostics.validate as validate
 from diagnostics.__main__ import STUDIES, run_study
 from diagnostics.config import VALIDATE_CHECKS, DiagnoseConfig, ValidateStudyConfig
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": ""}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from hrm.config import HRMConfig
-from reasoning_core.registry import build_model
+from model_core.registry import build_model
 
 
 def _cfg(vocab=11, seq=81, **kw) -> HRMConfig:

@@ -18,8 +18,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from reasoning_core.train_config import PretrainConfig, register_configs
-from reasoning_core.training import TrainResult, run
+from training.config import PretrainConfig, register_configs
+from training.loop import TrainResult, run
 
 REPO = Path(__file__).resolve().parents[2]
 # Per-record fields that depend on the wall clock, not on the computation.

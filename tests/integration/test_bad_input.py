@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from reasoning_core import train_state as ts
-from reasoning_core.errors import ConfigError, DatasetError
+from training import state as ts
+from runtime.errors import ConfigError, DatasetError
 from tests.integration.helpers import assert_one_line_error, compose_pretrain, run_cli, tiny_overrides, train
 
 

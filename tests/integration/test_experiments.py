@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reasoning_core.registry import build_model
-from reasoning_core.training import derive_arch
+from model_core.registry import build_model
+from training.loop import derive_arch
 from tests.integration.helpers import REPO, compose_pretrain, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from puzzles.build import SudokuGenConfig, build_dataset
-from reasoning_core.checkpoint import load_checkpoint
-from reasoning_core.evaluation import EvalOptions, evaluate_split
-from reasoning_core.manifest import dataset_hash
-from reasoning_core.training import Trainer
+from model_core.checkpoint import load_checkpoint
+from training.evaluation import EvalOptions, evaluate_split
+from runtime.manifest import dataset_hash
+from training.loop import Trainer
 from tests.integration.helpers import load, read_metrics, run_cli, tiny_overrides, train, train_records
 
 STEPS, EVAL_EVERY, CKPT_EVERY, KEEP = 20, 10, 6, 2
@@ -104,12 +104,12 @@ def test_evaluate_cli_reproduces_the_final_evaluation(finished_run, easy4, tmp_p
 
 
 def test_official_export_predicts_identically(finished_run, easy4, tmp_path):
-    """`python -m reasoning_core.export` writes step_20 + all_config.yaml (EMA weights, official
+    """`python -m training.export` writes step_20 + all_config.yaml (EMA weights, official
     key prefix); loading that folder gives the same logits as the checkpoint itself, and not the
     logits of the raw weights."""
     run_dir, _ = finished_run
     ckpt = run_dir / "checkpoints" / "last.pt"
-    proc = run_cli(["-m", "reasoning_core.export", str(ckpt), str(tmp_path / "official")])
+    proc = run_cli(["-m", "training.export", str(ckpt), str(tmp_path / "official")])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("step_20")
     assert sorted(p.name for p in (tmp_path / "official").iterdir()) == ["all_config.yaml", "step_20"]

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from reasoning_core import train_state as ts
+from training import state as ts
 from tests.integration.helpers import (
     REPO, assert_same, cli_env, load, read_metrics, tiny_overrides, train, train_records, training_state,
 )

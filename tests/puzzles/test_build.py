@@ -17,7 +17,7 @@ from puzzles.build import (FORMAT_VERSION, MazeGenConfig, MazeHardConfig, Sudoku
 from puzzles.layout import load_split
 from puzzles.maze import shortest_path_length, valid_path
 from puzzles.sudoku import count_solutions, decode_sudoku, is_valid_solution
-from reasoning_core.errors import ConfigError, DatasetError
+from runtime.errors import ConfigError, DatasetError
 
 from .conftest import all_files, sudoku_rows, write_csv
 

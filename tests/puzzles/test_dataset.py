@@ -10,7 +10,7 @@ import torch
 
 from puzzles.dataset import LoaderConfig, PuzzleDataset
 from puzzles.layout import PuzzleArrays, make_metadata, write_dataset
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 GROUP_SIZES = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3]  # puzzles per group, one example per puzzle
 

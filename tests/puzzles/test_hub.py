@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from puzzles.hub import fetch_csv, read_puzzle_csv
-from reasoning_core.errors import DatasetError
+from runtime.errors import DatasetError
 
 from .conftest import sudoku_rows, write_csv
 

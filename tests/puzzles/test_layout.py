@@ -9,7 +9,7 @@ import pytest
 
 from puzzles.layout import (PuzzleArrays, PuzzleMetadata, load_split, make_metadata, read_metadata,
                             write_dataset)
-from reasoning_core.errors import DatasetError
+from runtime.errors import DatasetError
 
 
 def tiny_splits() -> dict[str, dict[str, PuzzleArrays]]:

@@ -6,7 +6,7 @@ import pytest
 
 from puzzles.maze import (GOAL, OPEN, PATH, START, WALL, decode_maze_text, encode_maze_text, generate_maze,
                           shortest_path_length, valid_path)
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 # A 5x5 maze with two shortest S-G paths of 8 moves (around the wall block either way).
 MAZE = ["S    ",

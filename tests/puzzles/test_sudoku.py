@@ -8,7 +8,7 @@ import pytest
 
 from puzzles.sudoku import (KNOWN_17, count_solutions, decode_sudoku, encode_sudoku, generate_sudoku,
                             is_valid_solution, rate, solve)
-from reasoning_core.errors import ConfigError
+from runtime.errors import ConfigError
 
 # The puzzle on Wikipedia's "Sudoku" page and its published solution.
 WIKI = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"

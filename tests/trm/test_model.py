@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from reasoning_core.registry import build_model
+from model_core.registry import build_model
 from trm.config import TRMConfig
 
 

@@ -1,0 +1,195 @@
+"""Device selection and the few torch.distributed helpers the entry points need.
+
+Library code calls `resolve_device()` once and never hard-codes "cuda". A run launched by
+torchrun (which sets LOCAL_RANK, RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) gets one process
+group: nccl on CUDA, gloo on CPU. Without those variables everything is a single process and every
+helper here degrades to a no-op or an identity, so the same code path runs on a laptop.
+
+As in the official recipe there is no DDP wrapper: gradients are summed with
+`all_reduce_sum_` after backward of the loss already divided by the global batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from runtime.errors import ConfigError
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; "cpu", "cuda", "cuda:N" are checked and returned."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r} was requested but CUDA is not available on this machine; "
+            "use device=cpu or device=auto"
+        )
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu or cuda")
+    return device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job; `device` is the device this rank computes on."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    is_main: bool = True
+    device: torch.device = torch.device("cpu")
+
+
+def is_distributed() -> bool:
+    """True when a default process group is up."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun job if there is one, else describe a single process.
+
+    With LOCAL_RANK in the environment: init the default group (nccl for a CUDA `device`, gloo
+    otherwise) from the env:// variables and, on CUDA, bind this process to GPU LOCAL_RANK.
+    Calling it again returns the same description without re-initialising.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        return DistInfo(device=device)
+    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"LOCAL_RANK is set but {', '.join(missing)} is not; launch several processes with "
+            "torchrun, or unset LOCAL_RANK for a single process"
+        )
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} "
+                "CUDA device(s); start at most that many processes per node"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not is_distributed():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+    rank = dist.get_rank()
+    return DistInfo(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=dist.get_world_size(),
+        is_main=rank == 0,
+        device=device,
+    )
+
+
+def get_rank() -> int:
+    """This process's rank: the process group's, else $RANK (set by torchrun), else 0."""
+    if is_distributed():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op in a single process."""
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Return rank `src`'s `obj` on every rank (picklable objects; e.g. a resolved config)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@torch.no_grad()
+def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum each tensor over ranks, in place; one collective per (device, dtype) bucket.
+
+    Used on gradients after backward of loss / global_batch, so the sum is the gradient of the
+    global mean. A no-op in a single process.
+    """
+    if not is_distributed() or not tensors:
+        return
+    buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        buckets.setdefault((t.device, t.dtype), []).append(t)
+    for group in buckets.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        pieces = flat.split([t.numel() for t in group])
+        torch._foreach_copy_(group, [piece.view_as(t) for piece, t in zip(pieces, group)])
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equal-shaped (n, ...) tensors from all ranks along dim 0, in rank order.
+
+    Returns (world * n, ...). Uses the single-tensor all-gather (gloo and nccl both support it)
+    and falls back to the list form for backends that do not.
+    """
+    if not is_distributed():
+        return tensor
+    world = dist.get_world_size()
+    tensor = tensor.contiguous()
+    out = tensor.new_empty((world * tensor.shape[0], *tensor.shape[1:]))
+    # torch >= 2.13 names it all_gather_single; older versions all_gather_into_tensor.
+    gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    try:
+        gather_single(out, tensor)
+    except RuntimeError as e:
+        # Old gloo builds reject the single-tensor form ("... does not support ..."); verified
+        # supported by gloo and nccl on torch 2.13.
+        if "support" not in str(e):
+            raise
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor)
+        out = torch.cat(parts)
+    return out
+
+
+def gather_arrays_to_rank0(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Concatenate each key's variable-length (n_rank, ...) arrays over ranks on rank 0.
+
+    Used by sharded evaluation: each rank holds the results for its slice of examples. Rank 0
+    gets {key: concatenation in rank order}; other ranks get None. Every rank must pass the same
+    keys; the trailing dimensions of a key must agree. In a single process it returns the input.
+    """
+    if not is_distributed():
+        return {k: np.asarray(v) for k, v in arrays.items()}
+    mine = {k: np.asarray(v) for k, v in arrays.items()}
+    rank, world = dist.get_rank(), dist.get_world_size()
+    received: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(mine, received, dst=0)
+    if rank != 0:
+        return None
+    keys = list(mine)
+    for r, part in enumerate(received):
+        if list(part) != keys:
+            raise ValueError(f"rank {r} sent keys {sorted(part)}, rank 0 sent {sorted(keys)}")
+    return {k: np.concatenate([part[k] for part in received], axis=0) for k in keys}
+
+
+def cleanup() -> None:
+    """Destroy the process group if one is up (call once at the end of an entry point)."""
+    if is_distributed():
+        dist.destroy_process_group()

@@ -1,0 +1,182 @@
+"""Typed configuration of `pretrain.py`: one dataclass per concern, collected by `PretrainConfig`.
+
+Every dataclass is registered in Hydra's ConfigStore as a schema (`pretrain_schema`,
+`arch/schema_trm`, `optim/schema`, ...) and every YAML file under `conf/` lists its schema first
+in its defaults, so an unknown key or a value of the wrong type fails when the config is composed,
+before any work starts. `pretrain.py` converts the composed config once with
+`OmegaConf.to_object`; everything below it takes these dataclasses.
+
+`global_batch_size` is global: it is split evenly over the ranks of a torchrun job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+import archs
+from puzzles.build import MazeGenConfig, MazeHardConfig, SudokuExtremeConfig, SudokuGenConfig
+from training.augment import AugmentConfig
+from runtime.errors import ConfigError
+from runtime.logging import WandbConfig
+
+
+@dataclass
+class DataConfig:
+    """Training data. `path`: an existing dataset folder in the official layout. Without it,
+    `build` (a `puzzles.build` recipe) is built once on rank 0 and cached by its config hash.
+
+    `epochs_per_iter` is how many shuffled passes over the train groups one sampler iteration
+    concatenates (the official loop uses eval_interval epochs; it only changes the batch order).
+    `eval_split` is evaluated during training; `eval_n` subsamples it (None = all examples).
+    """
+
+    path: Optional[str] = None
+    build: Any = None
+    epochs_per_iter: int = 1
+    eval_split: str = "test"
+    eval_n: Optional[int] = None
+    eval_batch_size: int = 256
+
+
+@dataclass
+class SudokuGenData(DataConfig):
+    build: SudokuGenConfig = field(default_factory=SudokuGenConfig)
+
+
+@dataclass
+class MazeGenData(DataConfig):
+    build: MazeGenConfig = field(default_factory=MazeGenConfig)
+
+
+@dataclass
+class SudokuExtremeData(DataConfig):
+    build: SudokuExtremeConfig = field(default_factory=SudokuExtremeConfig)
+
+
+@dataclass
+class MazeHardData(DataConfig):
+    build: MazeHardConfig = field(default_factory=MazeHardConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamATan2 on the dense parameters, SignSGD on the puzzle table (official names and
+    defaults, official.md 3.1-3.5). The rate warms up linearly over `lr_warmup_steps` optimizer
+    steps, then follows a half cosine down to `lr_min_ratio` * lr at the end (1.0 = constant)."""
+
+    lr: float = 1e-4
+    lr_min_ratio: float = 1.0
+    lr_warmup_steps: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 0.1
+    ema: bool = False
+    ema_rate: float = 0.999
+    fused: Optional[bool] = None
+
+
+@dataclass
+class LauncherConfig:
+    """Where and how the processes run: device (auto, cpu, cuda), torch.compile, deterministic
+    algorithms, the world size the recipe expects (a mismatch only warns: the global batch is
+    what the recipe fixes), and whether to derive torchrun's variables from SLURM (submitit)."""
+
+    device: str = "auto"
+    compile: bool = False
+    deterministic: bool = False
+    expected_world_size: Optional[int] = None
+    from_slurm: bool = False
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one training run needs. Step counts are optimizer steps (1-indexed).
+
+    Training stops at the first of: `epochs` passes over the train groups (the official count,
+    which drops each iteration's last partial batch), `max_steps`, `max_train_seconds` of wall
+    time. `eval_interval` and `checkpoint_interval` are independent (None: only at the end; an
+    evaluation that improves the best exact accuracy always writes a checkpoint for best.pt).
+    `resume`: None (fresh run; the run dir must not hold another run), "auto" (the newest valid
+    checkpoint in the run dir, else a fresh start) or a checkpoint file.
+    """
+
+    arch: Any = MISSING
+    data: Any = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    logger: WandbConfig = field(default_factory=WandbConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    experiment_name: Optional[str] = None
+    run_dir: Optional[str] = None
+    resume: Optional[str] = None
+    seed: int = 0
+    global_batch_size: int = 768
+    epochs: int = 100000
+    max_steps: Optional[int] = None
+    max_train_seconds: Optional[float] = None
+    eval_interval: Optional[int] = None
+    checkpoint_interval: Optional[int] = None
+    keep_last_checkpoints: int = 3
+    log_interval: int = 1
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot run (cross-field checks Hydra cannot do)."""
+        positive = {
+            "global_batch_size": self.global_batch_size,
+            "epochs": self.epochs,
+            "keep_last_checkpoints": self.keep_last_checkpoints,
+            "log_interval": self.log_interval,
+            "data.epochs_per_iter": self.data.epochs_per_iter,
+            "data.eval_batch_size": self.data.eval_batch_size,
+        }
+        for key in ("max_steps", "eval_interval", "checkpoint_interval"):
+            if getattr(self, key) is not None:
+                positive[key] = getattr(self, key)
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be >= 1")
+        if self.max_train_seconds is not None and self.max_train_seconds <= 0:
+            raise ConfigError(f"max_train_seconds={self.max_train_seconds} must be > 0")
+        if self.data.path in (None, "???") and self.data.build is None:
+            raise ConfigError("data.path=... is required (or pick a data=... recipe that builds one)")
+        if not 0.0 <= self.optim.lr_min_ratio <= 1.0:
+            raise ConfigError(f"optim.lr_min_ratio={self.optim.lr_min_ratio} must be in [0, 1]")
+        if self.optim.lr_warmup_steps < 0:
+            raise ConfigError(f"optim.lr_warmup_steps={self.optim.lr_warmup_steps} must be >= 0")
+        self.augment.validate()
+
+
+def run_label(experiment_name: Optional[str], arch_choice: Optional[str]) -> str:
+    """Folder name of a run under outputs/train: the experiment, else the arch preset."""
+    return str(experiment_name or arch_choice or "run")
+
+
+def default_run_dir(run_dir: Optional[str], experiment_name: Optional[str], arch_choice: Optional[str], now: str) -> str:
+    """Hydra's run dir: an explicit `run_dir`, else outputs/train/<experiment or arch>/<now>."""
+    return str(run_dir) if run_dir else f"outputs/train/{run_label(experiment_name, arch_choice)}/{now}"
+
+
+def register_configs() -> None:
+    """Register every schema in ConfigStore and the run-dir resolvers used by conf/pretrain.yaml."""
+    cs = ConfigStore.instance()
+    cs.store(name="pretrain_schema", node=PretrainConfig)
+    for spec in archs.SPECS:
+        cs.store(group="arch", name=f"schema_{spec.name}", node=spec.config_cls)
+    cs.store(group="data", name="schema_path", node=DataConfig)
+    cs.store(group="data", name="schema_sudoku_gen", node=SudokuGenData)
+    cs.store(group="data", name="schema_maze_gen", node=MazeGenData)
+    cs.store(group="data", name="schema_sudoku_extreme", node=SudokuExtremeData)
+    cs.store(group="data", name="schema_maze_hard", node=MazeHardData)
+    cs.store(group="optim", name="schema", node=OptimConfig)
+    cs.store(group="augment", name="schema", node=AugmentConfig)
+    cs.store(group="logger", name="schema", node=WandbConfig)
+    cs.store(group="launcher", name="schema", node=LauncherConfig)
+    for name, resolver in (("rrdyn.run_label", run_label), ("rrdyn.run_dir", default_run_dir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

@@ -1,0 +1,495 @@
+"""The training loop behind pretrain.py: the official TRM/HRM recipe, resumable and multi-process.
+
+One optimizer step (official `train_batch`, official.md section 3):
+    carry, loss, metrics = model(carry, batch)    # one ACT segment for every slot; the carry
+                                                  # persists across steps and evaluations
+    (loss / global_batch).backward()              # global batch = loader rows x trajectories
+    all_reduce_sum_(grads)                        # no DDP: the SUM is the gradient of the mean
+    sparse SignSGD step, then AdamATan2 step      # lr from warmup + cosine, 1-indexed step
+    EMA update                                    # TRM recipe; evaluation and export use it
+
+Under torchrun each rank trains on its slice of every global batch (same sampler seed on every
+rank); parameters and buffers start from rank 0's. The run directory holds config.yaml,
+manifest.json, metrics.jsonl, eval/ and checkpoints/ (see train_state). Metrics are all-reduced
+every step: that is also how a non-finite loss or the time budget stops every rank at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from puzzles.build import build_dataset
+from puzzles.dataset import LoaderConfig, PuzzleDataset
+from puzzles.layout import read_metadata
+from runtime import dist as rdist
+from model_core.act import ACTCarry
+from runtime.atomic import atomic_write_text
+from training.augment import TrajectoryAugmenter
+from model_core.checkpoint import FORMAT
+from model_core.config import ArchConfig
+from training.ema import EMA
+from runtime.errors import CheckpointError, ConfigError, DatasetError
+from training.evaluation import EvalOptions, evaluate_split
+from runtime.logging import MetricsSink, dashboard_config, get_logger, rank0_tqdm
+from model_core.losses import ACTLossHead
+from runtime.manifest import build_manifest, write_manifest
+from training.optim import AdamATan2, SparseEmbeddingSignSGD
+from model_core.registry import build_model, get_arch
+from training.schedule import apply_lr_schedule
+from training.config import PretrainConfig
+from training import state as ts
+
+log = get_logger(__name__)
+
+# Config sections that define a run; resuming with different values is refused.
+IDENTITY_KEYS = ("arch", "data", "optim", "augment", "seed", "global_batch_size", "epochs")
+NO_RESUME = (None, "", "none")  # values of `resume` that start a fresh run
+# Arch fields `derive_arch` fills from the data and the ranks: not part of a run's identity (the
+# data is), and still 0 in a config that has not been derived yet.
+DERIVED_ARCH_KEYS = ("vocab_size", "seq_len", "num_puzzle_identifiers", "batch_size")
+
+
+class DivergenceError(ConfigError):
+    """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished run reports: the last step, the final and best eval metrics, where it lives."""
+
+    run_dir: Path
+    step: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, Any]
+    best_exact_accuracy: float | None
+
+
+# --- setup helpers -------------------------------------------------------------------------------
+
+def torchrun_env_from_slurm() -> None:
+    """Fill RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from a SLURM (submitit) task, so
+    `init_distributed` joins the job as it would under torchrun. A no-op under torchrun; outside
+    both, `launcher=slurm` was used without Hydra's multirun flag, which would train on this host."""
+    if "LOCAL_RANK" in os.environ:
+        return
+    if "SLURM_PROCID" not in os.environ:
+        raise ConfigError("launcher=slurm submits through Hydra's submitit launcher: add -m (multirun), e.g. `python pretrain.py -m launcher=slurm experiment=...`")
+    import submitit  # noqa: PLC0415 (only on SLURM)
+
+    env = submitit.JobEnvironment()
+    os.environ.update(
+        RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.num_tasks),
+        MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(env.job_id.split("_")[0]) % 20000),
+    )
+
+
+def set_determinism(enabled: bool) -> None:
+    """Deterministic kernels (CPU: bit-reproducible runs and resumes; CUDA: also cuBLAS)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled)
+
+
+def prepare_data(cfg: PretrainConfig, info: rdist.DistInfo) -> Path:
+    """The dataset folder: `data.path`, or the `data.build` recipe built (cached) on rank 0."""
+    if cfg.data.path is not None:
+        root = Path(cfg.data.path).expanduser()
+    else:
+        root = Path(build_dataset(cfg.data.build)) if info.is_main else None
+        root = rdist.broadcast_object(root)
+    if not (root / "train" / "dataset.json").is_file():
+        raise DatasetError(f"dataset {root} has no train/dataset.json (build it with `python -m puzzles.build`, or fix data.path)")
+    return root
+
+
+def derive_arch(cfg: PretrainConfig, root: Path, world_size: int) -> ArchConfig:
+    """Fill the data-derived arch fields (vocab, seq_len, ids, per-rank batch) after checking that
+    the data fits what the user fixed by hand; returns the arch (also stored in cfg.arch)."""
+    meta = read_metadata(root, "train")
+    arch: ArchConfig = cfg.arch
+    for key in ("vocab_size", "seq_len"):
+        fixed, actual = getattr(arch, key), getattr(meta, key)
+        if fixed and fixed != actual:
+            raise DatasetError(f"arch.{key}={fixed} does not fit dataset {root} ({key} {actual}); leave arch.{key} unset (0) to take it from the data")
+    if cfg.global_batch_size % world_size:
+        raise ConfigError(f"global_batch_size={cfg.global_batch_size} is not divisible by the {world_size} ranks")
+    per_iter = cfg.data.epochs_per_iter * meta.total_groups * meta.mean_puzzle_examples
+    if per_iter < cfg.global_batch_size:
+        raise DatasetError(
+            f"dataset {root} yields {per_iter:g} training examples per sampler iteration, fewer than "
+            f"global_batch_size={cfg.global_batch_size}; lower the batch or raise data.epochs_per_iter"
+        )
+    per_rank = cfg.global_batch_size // world_size
+    arch.derive_from_data(vocab_size=meta.vocab_size, seq_len=meta.seq_len, num_puzzle_identifiers=meta.num_puzzle_identifiers, batch_size=per_rank * cfg.augment.copies)
+    if getattr(arch, "mlp_t", False) and arch.pos_encodings == "rope":
+        log.warning("arch.mlp_t=true with pos_encodings=rope: the MLP token mixer ignores RoPE (the official recipe uses none)")
+    return arch
+
+
+def config_dict(cfg: PretrainConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (what config.yaml and checkpoints hold)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """Refuse to continue a run whose defining config differs from the current one (the
+    data-derived arch fields are left out: the per-rank batch may differ, as a run can resume on
+    another number of ranks). `where` names the saved run in the message, e.g. "run directory X"."""
+    saved, current = dict(saved), dict(current)
+    for d in (saved, current):
+        if isinstance(d.get("arch"), dict):
+            d["arch"] = {k: v for k, v in d["arch"].items() if k not in DERIVED_ARCH_KEYS}
+    for key in IDENTITY_KEYS:
+        if saved.get(key) != current.get(key):
+            detail = ""
+            if isinstance(saved.get(key), dict) and isinstance(current.get(key), dict):
+                diff = sorted(k for k in set(saved[key]) | set(current[key]) if saved[key].get(k) != current[key].get(k))
+                detail = f" ({', '.join(f'{key}.{k}: {saved[key].get(k)!r} -> {current[key].get(k)!r}' for k in diff[:3])})"
+            raise ConfigError(f"{where} belongs to another run: `{key}` differs{detail}; choose another run_dir or restore the settings")
+
+
+def official_names(arch: ArchConfig, root: Path) -> tuple[str, str]:
+    """W&B project `<Dataset basename capitalized>-ACT-torch` and run `<ClassName> <slug>`."""
+    import coolname  # noqa: PLC0415
+
+    cls = get_arch(arch.name).official_names[0].split("@")[-1]
+    return f"{root.name.capitalize()}-ACT-torch", f"{cls} {coolname.generate_slug(2)}"
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+class Trainer:
+    """Owns the model, optimizers, EMA, sampler, carry and run directory of one training run."""
+
+    def __init__(self, cfg: PretrainConfig, info: rdist.DistInfo, run_dir: Path, data_root: Path, resume: tuple[Path, dict] | None):
+        self.cfg, self.info, self.run_dir, self.data_root = cfg, info, run_dir, data_root
+        self.device = info.device
+        arch = cfg.arch
+        self.copies = cfg.augment.copies
+        self.global_batch = cfg.global_batch_size * self.copies  # trajectories per global step
+
+        self.model: ACTLossHead = build_model(arch).to(self.device)
+        self.model.train()
+        self._broadcast_from_rank0()
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if arch.puzzle_emb_ndim > 0:  # official order: sparse first, then AdamATan2
+            self.optimizers["sparse"] = SparseEmbeddingSignSGD(
+                self.model.model.puzzle_emb.buffers(), lr=0.0, weight_decay=cfg.optim.puzzle_emb_weight_decay, world_size=info.world_size
+            )
+        self.optimizers["adam"] = AdamATan2(
+            self.model.parameters(), lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused
+        )
+        self.base_lrs = {"sparse": cfg.optim.puzzle_emb_lr, "adam": cfg.optim.lr}
+        self.ema = EMA(self.model.model, cfg.optim.ema_rate) if cfg.optim.ema else None
+        self.augmenter = TrajectoryAugmenter(cfg.augment, cfg.global_batch_size // info.world_size, self.device, seed=cfg.seed * 1_000_003 + 7919 * (info.rank + 1))
+        self.augmenter.install(self.model.model)
+        self.forward = torch.compile(self.model, dynamic=False) if cfg.launcher.compile else self.model
+
+        meta = read_metadata(data_root, "train")
+        self.total_steps = int(cfg.epochs * meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size)
+        self.total_iters = math.ceil(cfg.epochs / cfg.data.epochs_per_iter)
+        loader_cfg = LoaderConfig(
+            seed=cfg.seed, global_batch_size=cfg.global_batch_size, epochs_per_iter=cfg.data.epochs_per_iter,
+            rank=info.rank, world_size=info.world_size, test_set_mode=False,
+        )
+        self.loader = PuzzleDataset(str(data_root), "train", loader_cfg)
+        eval_meta = read_metadata(data_root, cfg.data.eval_split)
+        self.eval_set = "+".join(eval_meta.sets)
+
+        self.step = 0
+        self.iters_done = 0
+        self.carry: ACTCarry | None = None
+        self.best: dict[str, Any] = {"exact_accuracy": None, "step": None}
+        self.elapsed_before = 0.0
+        self.last_saved_step = self.last_eval_step = -1
+        self.config = config_dict(cfg)
+        self.manifest: dict[str, Any] = {}
+        if resume is not None:
+            self._restore(*resume)
+
+    # --- state ----------------------------------------------------------------------------------
+    def _broadcast_from_rank0(self) -> None:
+        if rdist.is_distributed():
+            with torch.no_grad():
+                for t in list(self.model.parameters()) + list(self.model.buffers()):
+                    torch.distributed.broadcast(t.data, src=0)
+
+    def _gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` on rank 0 (a one-element list in a single process)."""
+        if not rdist.is_distributed():
+            return [obj]
+        out = [None] * self.info.world_size if self.info.is_main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+    def save(self, best: bool = False) -> Path | None:
+        """Collective: gather per-rank state to rank 0, which writes the checkpoint atomically."""
+        rank_state = {
+            "rng": ts.capture_rng(self.device),
+            "carry": ts.carry_to_state(self.carry),
+            "augment": self.augmenter.state_dict() if self.augmenter.enabled else None,
+        }
+        gathered = self._gather(rank_state)
+        self.last_saved_step = self.step
+        if not self.info.is_main:
+            rdist.barrier()
+            return None
+        payload = {
+            "format": FORMAT,
+            "version": ts.VERSION,
+            "arch": dataclasses.asdict(self.cfg.arch),
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.model.state_dict().items()},
+            "ema": {k: v.detach().cpu().clone() for k, v in self.ema.shadow.items()} if self.ema else None,
+            "step": self.step,
+            "config": self.config,
+            "manifest": self.manifest,
+            "train": {
+                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+                "ema_decay": self.ema.decay if self.ema else None,
+                "loader": self.loader.state_dict(),
+                "iters_done": self.iters_done,
+                "rng": [g["rng"] for g in gathered],
+                "carry": [g["carry"] for g in gathered],
+                "augment": [g["augment"] for g in gathered],
+                "world_size": self.info.world_size,
+                "best": dict(self.best),
+                "elapsed_seconds": self.elapsed(),
+            },
+        }
+        path = ts.save_checkpoint(self.run_dir, payload, self.cfg.keep_last_checkpoints, best=best)
+        rdist.barrier()
+        return path
+
+    def _restore(self, path: Path, payload: dict[str, Any]) -> None:
+        check_same_run(payload["config"], self.config, f"checkpoint {path}")
+        train = payload["train"]
+        self.model.model.load_state_dict(payload["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(train["optimizers"][name])
+        if self.ema is not None:
+            self.ema.load_state_dict({"decay": train["ema_decay"], "shadow": payload["ema"]})
+        self.loader.load_state_dict(train["loader"])
+        self.step = self.last_saved_step = int(payload["step"])
+        self.iters_done = int(train["iters_done"])
+        self.best = dict(train["best"])
+        self.elapsed_before = float(train["elapsed_seconds"])
+        rank, world = self.info.rank, self.info.world_size
+        if train["world_size"] == world:
+            ts.restore_rng(train["rng"][rank], self.device)
+            if train["augment"][rank] is not None:
+                self.augmenter.load_state_dict(train["augment"][rank])
+        else:
+            log.warning("checkpoint was written by %d ranks, resuming with %d: random streams are reseeded (not bit-exact)", train["world_size"], world)
+            torch.manual_seed(self.cfg.seed + rank + 7 * self.step)
+        self.carry = ts.carry_from_state(ts.reshard_carries(train["carry"], world)[rank], self.device)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # --- steps ----------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.t_start)
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Loader batches until the configured number of sampler iterations is done."""
+        while self.iters_done < self.total_iters:
+            for _set_name, batch, _n in self.loader:
+                yield batch
+            self.iters_done += 1
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on this rank's slice; returns global train metrics (every rank)."""
+        self.step += 1
+        self.augmenter.step = self.step
+        batch = self.augmenter.replicate({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+        if self.carry is None:
+            self.carry = self.model.initial_carry(batch)
+        self.carry, loss, metrics, _, _ = self.forward(self.carry, batch)
+        (loss / self.global_batch).backward()
+        rdist.all_reduce_sum_([p.grad for p in self.model.parameters() if p.grad is not None])
+
+        keys = sorted(metrics)
+        over_time = self.cfg.max_train_seconds is not None and self.info.is_main and self.elapsed() > self.cfg.max_train_seconds
+        values = torch.stack([metrics[k].detach().to(torch.float64) for k in keys] + [loss.detach().to(torch.float64), torch.tensor(float(over_time), dtype=torch.float64, device=loss.device)])
+        rdist.all_reduce_sum_([values])
+        sums = dict(zip(keys + ["loss", "_stop"], values.tolist()))
+        if not math.isfinite(sums["loss"]):
+            kept = ts.checkpoint_dir(self.run_dir) / ts.checkpoint_name(self.last_saved_step) if self.last_saved_step > 0 else None
+            raise DivergenceError(
+                f"non-finite loss ({sums['loss']}) at step {self.step}; training stopped before the update, "
+                + (f"the last good checkpoint is {kept} (also last.pt)" if kept else "no checkpoint was written yet")
+                + "; lower optim.lr or check the data"
+            )
+        lrs = {}
+        for name, opt in self.optimizers.items():
+            lrs[name] = apply_lr_schedule(
+                opt, self.step, base_lr=self.base_lrs[name], warmup_steps=self.cfg.optim.lr_warmup_steps,
+                total_steps=self.total_steps, min_ratio=self.cfg.optim.lr_min_ratio,
+            )
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model.model)
+
+        count = max(sums["count"], 1.0)
+        out = {f"train/{k}": (v / self.global_batch if k.endswith("loss") else v / count) for k, v in sums.items() if k not in ("count", "_stop")}
+        out["train/count"] = sums["count"]
+        out["train/lr"] = lrs["adam"]
+        out["_stop"] = sums["_stop"]
+        return out
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the (EMA) weights on the eval split; rank 0 gets the metrics, others {}."""
+        opts = EvalOptions(batch_size=self.cfg.data.eval_batch_size, n=self.cfg.data.eval_n, keep_logits=False)
+        swap = self.ema.swapped(self.model.model) if self.ema else contextlib.nullcontext()
+        with swap:
+            result = evaluate_split(self.model, self.data_root, self.cfg.data.eval_split, opts, self.device, self.info, progress=self.cfg.progress)
+        self.model.train()
+        return result.metrics
+
+    # --- the loop -------------------------------------------------------------------------------
+    def fit(self, sink: MetricsSink) -> TrainResult:
+        """Train until the epochs, `max_steps` or `max_train_seconds` run out; evaluate and
+        checkpoint on their intervals and once more at the end."""
+        cfg = self.cfg
+        stop_step = min(self.total_steps, cfg.max_steps or self.total_steps)
+        self.t_start = time.perf_counter()
+        train_metrics: dict[str, float] = {}
+        eval_metrics: dict[str, Any] = {}
+        bar = rank0_tqdm(total=stop_step, initial=self.step, desc="train", disable=not cfg.progress)
+        last_t, last_step = time.perf_counter(), self.step
+        batches = self.batches()
+        while self.step < stop_step:
+            batch = next(batches, None)  # pulled only when a step will use it (exact resume)
+            if batch is None:
+                break
+            train_metrics = self.train_step(batch)
+            bar.update(1)
+            if self.step % cfg.log_interval == 0 or self.step == stop_step:
+                now = time.perf_counter()
+                train_metrics["train/examples_per_s"] = (self.step - last_step) * cfg.global_batch_size / max(now - last_t, 1e-9)
+                last_t, last_step = now, self.step
+                sink.log({k: v for k, v in train_metrics.items() if not k.startswith("_")}, step=self.step)
+                bar.set_postfix(loss=f"{train_metrics['train/loss']:.3f}", exact=f"{train_metrics['train/exact_accuracy']:.3f}", refresh=False)
+            if train_metrics["_stop"] > 0:
+                log.info("max_train_seconds=%s reached at step %d", cfg.max_train_seconds, self.step)
+                break
+            improved = False
+            if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step != stop_step:
+                eval_metrics, improved = self._eval_and_log(sink)
+            if improved or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
+                self.save(best=improved)
+        bar.close()
+        if self.step == 0:
+            raise DatasetError(f"the sampler yielded no training batch from {self.data_root}")
+        improved = False
+        if self.last_eval_step != self.step:
+            eval_metrics, improved = self._eval_and_log(sink)
+        if self.last_saved_step != self.step:
+            self.save(best=improved)
+        elif improved and self.info.is_main:
+            ts.mark_best(self.run_dir, self.step)
+        train_metrics.pop("_stop", None)
+        return TrainResult(self.run_dir, self.step, train_metrics, eval_metrics, self.best["exact_accuracy"])
+
+    def _eval_and_log(self, sink: MetricsSink) -> tuple[dict[str, Any], bool]:
+        """Evaluate, log eval/<set>/<metric>, write eval/step_N.json; returns (metrics, improved)."""
+        metrics = self.evaluate()
+        self.last_eval_step = self.step
+        improved = False
+        if self.info.is_main:
+            sink.log({f"eval/{self.eval_set}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
+            atomic_write_text(self.run_dir / "eval" / f"step_{self.step:07d}.json", OmegaConf.to_yaml({"step": self.step, **metrics}))
+            exact = metrics.get("exact_accuracy")
+            improved = exact is not None and (self.best["exact_accuracy"] is None or exact > self.best["exact_accuracy"])
+            if improved:
+                self.best = {"exact_accuracy": exact, "step": self.step}
+            log.info("step %d eval: exact %.4f token %.4f (best %.4f at step %s)", self.step, metrics.get("exact_accuracy", float("nan")), metrics.get("token_accuracy", float("nan")), self.best["exact_accuracy"] or 0.0, self.best["step"])
+        improved, self.best = rdist.broadcast_object((improved, self.best))
+        return metrics, improved
+
+
+# --- entry ---------------------------------------------------------------------------------------
+
+def resolve_run_dir(cfg: PretrainConfig, info: rdist.DistInfo, hydra_dir: str | None) -> Path:
+    """cfg.run_dir, else Hydra's output dir, as rank 0 sees it (`${now:}` differs per process)."""
+    mine = Path(cfg.run_dir or hydra_dir or "outputs/train/run")
+    chosen = Path(rdist.broadcast_object(str(mine)))
+    if chosen != mine and mine.is_dir() and not any(mine.iterdir()):
+        mine.rmdir()  # the empty folder Hydra made for this rank's own timestamp
+    if chosen.exists() and not chosen.is_dir():
+        raise ConfigError(f"run_dir {chosen} is a file, not a directory")
+    return chosen
+
+
+def find_resume(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict] | None:
+    """What to resume from, after checking the run dir is not another run's."""
+    if cfg.resume in NO_RESUME:
+        if (run_dir / "config.yaml").exists() or ts.list_checkpoints(run_dir):
+            raise ConfigError(f"run directory {run_dir} already holds a run; pass resume=auto to continue it or choose another run_dir")
+        return None
+    if cfg.resume == "auto":
+        found = ts.find_resume_checkpoint(run_dir)
+        if found is None and ts.list_checkpoints(run_dir):
+            raise CheckpointError(f"no readable checkpoint in {run_dir / 'checkpoints'}; every file failed to load (see warnings)")
+        if found is None and (run_dir / "config.yaml").exists():
+            saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+            check_same_run(saved, config_dict(cfg), f"run directory {run_dir}")
+        return found
+    path = Path(cfg.resume).expanduser()
+    return path, ts.read_train_checkpoint(path)
+
+
+def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
+    """Train as configured; under torchrun every rank calls this. Returns rank 0's summary."""
+    cfg.validate()
+    if cfg.launcher.from_slurm:
+        torchrun_env_from_slurm()
+    info = rdist.init_distributed(rdist.resolve_device(cfg.launcher.device))
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        set_determinism(cfg.launcher.deterministic)
+        torch.manual_seed(cfg.seed + info.rank)
+        np.random.seed(cfg.seed + info.rank)
+        if cfg.launcher.expected_world_size and cfg.launcher.expected_world_size != info.world_size:
+            log.warning("this recipe expects %d ranks, running with %d (the global batch stays %d)", cfg.launcher.expected_world_size, info.world_size, cfg.global_batch_size)
+        run_dir = resolve_run_dir(cfg, info, hydra_dir)
+        resume = find_resume(cfg, run_dir)
+        data_root = prepare_data(cfg, info)
+        derive_arch(cfg, data_root, info.world_size)
+        if cfg.logger.project is None or cfg.logger.name is None:
+            saved = resume[1]["config"]["logger"] if resume else {}
+            project, name = rdist.broadcast_object(official_names(cfg.arch, data_root))
+            cfg.logger.project = cfg.logger.project or saved.get("project") or project
+            cfg.logger.name = cfg.logger.name or saved.get("name") or name
+        cfg.logger = dashboard_config(cfg.logger, "train", group=cfg.experiment_name or cfg.logger.name)
+        trainer = Trainer(cfg, info, run_dir, data_root, resume)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ts.remove_stale_temporaries(run_dir)
+            if cfg.resume not in NO_RESUME:
+                # Records logged after the checkpoint (or by a run killed before its first one).
+                ts.trim_metrics(run_dir, trainer.step if resume else -1)
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(trainer.config))
+            trainer.manifest = build_manifest(config=trainer.config, dataset_dir=data_root, device=str(info.device))
+            write_manifest(run_dir, trainer.manifest)
+            log.info("run dir %s | %s | %d parameters | device %s x%d | dtype %s | git %s%s", run_dir, cfg.arch.name, trainer.num_params, info.device, info.world_size,
+                     cfg.arch.forward_dtype, trainer.manifest["git"]["commit"][:10], " (dirty)" if trainer.manifest["git"]["dirty"] else "")
+            log.info("optimizer: %s", trainer.optimizers["adam"].describe_path())
+        with MetricsSink(run_dir, cfg.logger, info.is_main, config=trainer.config) as sink:
+            sink.update_config({"num_params": trainer.num_params, "world_size": info.world_size})
+            if not resume:
+                sink.log({"num_params": trainer.num_params}, step=0)
+            return trainer.fit(sink)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        rdist.cleanup()
