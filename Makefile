@@ -36,7 +36,7 @@ test-full: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) launch/demo.py
+	$(PY) -m diagnostics.demo
 
 clean:
 	rm -rf $(VENV) outputs

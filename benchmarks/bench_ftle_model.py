@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 
 import archs  # noqa: F401  (registers trm and hrm)
-from diagnostics.adapters import SubUpdateMap, initial_frame, keep_freed_memory, rollout, segment_ftle
-from diagnostics.lyapunov import seed_method_lambda1
+from diagnostics.adapters.step_map import SubUpdateMap, initial_frame, keep_freed_memory, rollout, segment_ftle
+from diagnostics.estimators.lyapunov import seed_method_lambda1
 from model_core.layers import math_sdpa
 from model_core.registry import build_model
 from trm.config import TRMConfig

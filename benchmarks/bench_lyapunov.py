@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from diagnostics import systems
-from diagnostics.lyapunov import lyapunov_log_r, seed_method_lambda1
+from diagnostics.estimators import systems
+from diagnostics.estimators.lyapunov import lyapunov_log_r, seed_method_lambda1
 
 
 def best_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:

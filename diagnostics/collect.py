@@ -5,9 +5,10 @@
 Walks every DIR (a single run, `outputs/diagnostics/`, or a multirun folder
 `multirun/diagnostics/<time>/`) for `summary.json` files and prints one Markdown table, one row
 per run: the run directory, study, checkpoint (the shortest tail of its path, at least two parts
-such as `run/step_0058590`, that tells the collected checkpoints apart),
-n, accuracy and the headline numbers of each study (`HEADLINES`; an AUC is shown with its 95% CI).
-Studies without headlines get the common columns. `--out` writes the same Markdown, `--csv` a CSV
+such as `run/step_0058590`, that tells the collected checkpoints apart), n, accuracy and the
+headline numbers of each study (its `Study.headlines` in `diagnostics.registry.STUDIES`; an AUC
+is shown with its 95% CI; a column name used by several studies is one column). Studies without
+headlines get the common columns. `--out` writes the same Markdown, `--csv` a CSV
 in which each CI is split into `<column> lo` / `<column> hi`.
 
 Runs that cannot be read (corrupt summary.json) and partial runs (a Hydra job directory or
@@ -28,51 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diagnostics.registry import STUDIES, Headline
 from diagnostics.report import format_value, markdown_table
 from runtime.atomic import atomic_write_text
 from runtime.errors import UserError, exit_on_user_error
 
-# study -> (column, dotted key of the value, dotted key of its [lo, hi] CI or None); columns
-# with the same name in several studies share one column of the table
-HEADLINES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
-    "spectrum": (
-        ("median lambda1 success", "median_lambda1_success", None),
-        ("median lambda1 failure", "median_lambda1_failure", None),
-        ("AUC(-lambda1)", "auc_neg_lambda1", "auc_neg_lambda1_ci95"),
-    ),
-    "displacement": (
-        ("tau", "tau", None),
-        ("A settled&correct", "cells.A.count", None),
-        ("B settled&wrong", "cells.B.count", None),
-        ("C unsettled&correct", "cells.C.count", None),
-        ("D unsettled&wrong", "cells.D.count", None),
-        ("AUC(-d_late)", "auc_neg_d_late", "auc_neg_d_late_ci95"),
-    ),
-    "stats": (
-        ("AUC(-lambda1)", "auc.lambda1.auc", "auc.lambda1.ci95"),
-        ("AUC(-d_late)", "auc.d_late.auc", "auc.d_late.ci95"),
-        ("AUC(q_halt)", "auc.q_halt.auc", "auc.q_halt.ci95"),
-        ("decile-matched AUC(-lambda1)", "decile_matched.auc", None),
-        ("CV AUC d_late+q_halt", "logistic.auc_base.auc", None),
-        ("CV AUC +lambda1", "logistic.auc_full.auc", None),
-    ),
-    "extended": (
-        ("tau", "tau", None),
-        ("accuracy final", "accuracy_final", None),
-        ("kappa per segment", "kappa_per_segment", "kappa_per_segment_ci95"),
-    ),
-    "basin": (
-        ("failures", "n_failures", None),
-        ("hard core (never solved)", "hard_core_ever", None),
-        ("sigma=0 reproduces", "sigma0_reproduces", None),
-    ),
-    "validate": (
-        ("passed", "passed", None),
-        ("failed rows", "n_failed", None),
-    ),
-}
 COMMON = ("run", "study", "checkpoint", "n", "accuracy")
 PARTIAL_MARKERS = (".hydra", "shards")
+
+
+def headlines() -> dict[str, tuple[Headline, ...]]:
+    """study name -> its headline columns (column, dotted key of the value, dotted key of its
+    [lo, hi] CI or None), read from the registry at call time."""
+    return {name: study.headlines for name, study in STUDIES.items()}
 
 
 @dataclass
@@ -83,9 +52,9 @@ class Collection:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def columns(self) -> list[str]:
-        """The common columns, then every headline column some row has, in `HEADLINES` order."""
+        """The common columns, then every headline column some row has, in registry order."""
         present = {key for row in self.rows for key in row}
-        heads = [col for spec in HEADLINES.values() for col, _, _ in spec]
+        heads = [col for spec in headlines().values() for col, _, _ in spec]
         return list(COMMON) + [c for c in dict.fromkeys(heads) if c in present]
 
 
@@ -128,7 +97,7 @@ def summary_row(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     study = str(summary.get("study"))
     row: dict[str, Any] = {"run": display_path(run_dir), "study": study, "checkpoint": summary.get("checkpoint"),
                            "n": summary.get("n"), "accuracy": summary.get("accuracy", summary.get("accuracy_at_budget"))}
-    for column, key, ci_key in HEADLINES.get(study, ()):
+    for column, key, ci_key in headlines().get(study, ()):
         row[column] = lookup(summary, key)
         if ci_key is not None:
             row[f"{column} ci95"] = lookup(summary, ci_key)

@@ -1,42 +1,37 @@
-"""Typed configuration of `python -m diagnostics` (conf/diagnose.yaml + conf/study/*.yaml).
+"""Typed configuration of `python -m diagnostics` (conf/diagnose.yaml + conf/study/<name>.yaml).
 
 `DiagnoseConfig` holds what every study shares (checkpoint, data, sample size, device, dtype,
-W&B); `study` holds one `StudyConfig` subclass, chosen with `study=<name>` on the command line.
-Adding a study: subclass `StudyConfig` here, add it to `STUDY_SCHEMAS`, write
-`conf/study/<name>.yaml` whose defaults list `/schema/study/<name>@_here_` first, and map the name
-to its runner in `diagnostics.__main__.STUDIES`. Mistyped keys then fail when the config is
-composed. Schemas live in the group `schema/study`, not `study`, so `study=` lists only real
-studies.
+batch size, W&B); its `study` field holds one `StudyConfig` subclass, chosen on the command line
+with `study=<name>`. Each study's subclass lives in its own module (`diagnostics.studies.<name>`);
+`BatchedStudyConfig` adds the setting every study driven over checkpoint batches shares, the budget
+S (`segments`). The schemas are stored in Hydra's ConfigStore by `diagnostics.registry` (one loop
+over its `STUDIES`), which also says how to add a study.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from runtime.logging import WandbConfig
 
-# Rows of the known-answer table (analysis §7), in report order; see diagnostics.validate.
-VALIDATE_CHECKS = ("diagonal", "symmetric", "shear", "henon", "logistic", "lorenz", "logdet", "conjugation")
-
 
 @dataclass
 class StudyConfig:
-    """Base of every study's settings; `name` selects the runner in `STUDIES`."""
+    """Base of every study's settings; `name` looks the study up in `diagnostics.registry.STUDIES`."""
 
     name: str = MISSING
 
 
 @dataclass
-class ValidateStudyConfig(StudyConfig):
-    """Known-answer validation of the Lyapunov estimator (float64, seeded by the top-level seed).
+class BatchedStudyConfig(StudyConfig):
+    """Base of the studies that roll a checkpoint over batches of sampled examples (the driver's).
 
-    checks: which rows of the table to compute (default: all of `VALIDATE_CHECKS`).
+    segments: the budget S, ACT segments unrolled (halting recorded, not applied); None = the
+        checkpoint's `halt_max_steps`; 0 or negative is refused.
     """
 
-    name: str = "validate"
-    checks: list[str] = field(default_factory=lambda: list(VALIDATE_CHECKS))
+    segments: int | None = None
 
 
 def _default_wandb() -> WandbConfig:
@@ -48,8 +43,9 @@ def _default_wandb() -> WandbConfig:
 class DiagnoseConfig:
     """Top-level settings shared by all studies.
 
-    checkpoint / data_path: the model and dataset studied (unused by `validate`).
+    checkpoint / data_path: the model and dataset studied (unused by `validate` and `stats`).
     n: examples sampled by a seeded permutation (analysis §1; 2048 for headline numbers).
+    seed: the sample's permutation, and the bootstrap and folds of the statistics.
     dtype: float32 or float64, the precision of the recurrence and its tangents.
     batch_size: examples per forward pass.
     """
@@ -63,17 +59,3 @@ class DiagnoseConfig:
     dtype: str = "float32"
     batch_size: int = 64
     wandb: WandbConfig = field(default_factory=_default_wandb)
-
-
-STUDY_SCHEMAS: dict[str, type[StudyConfig]] = {"validate": ValidateStudyConfig}
-
-
-def register_configs() -> None:
-    """Store the schemas that conf/diagnose.yaml and conf/study/*.yaml extend (idempotent)."""
-    cs = ConfigStore.instance()
-    cs.store(name="diagnose_schema", node=DiagnoseConfig)
-    for name, schema in STUDY_SCHEMAS.items():
-        cs.store(group="schema/study", name=name, node=schema)
-
-
-register_configs()

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 
 import archs  # noqa: F401  (registers trm and hrm)
-from puzzles.layout import PuzzleMetadata, load_split
 from model_core.checkpoint import LoadedCheckpoint, load_checkpoint
 from model_core.config import ArchConfig
 from model_core.core import RecurrentCore
-from runtime.errors import ConfigError
-from training.evaluation import check_data_fits, example_puzzle_ids, select_indices
 from model_core.losses import IGNORE_LABEL_ID
+from puzzles.kinds import PuzzleKind, dataset_kind
+from puzzles.layout import PuzzleMetadata, load_split
+from runtime.errors import ConfigError
+from runtime.manifest import dataset_hash
+from training.evaluation import check_data_fits, example_puzzle_ids, select_indices
 
 STUDY_DTYPES = ("float32", "float64")
 
@@ -35,6 +37,8 @@ class StudyInputs:
     checkpoint: LoadedCheckpoint
     checkpoint_sha256: str
     metadata: PuzzleMetadata
+    kind: PuzzleKind  # what the dataset holds; its success rules decide "solved"
+    data_sha256: str  # content hash of the whole dataset folder (runtime.manifest.dataset_hash)
     index: np.ndarray  # (N,) positions in the split
     inputs: np.ndarray  # (N, L) int32
     labels: np.ndarray  # (N, L) int64, ignored cells = -100
@@ -81,6 +85,8 @@ def load_study_inputs(checkpoint: str, data_path: str, *, n: int | None, seed: i
         checkpoint=loaded,
         checkpoint_sha256=file_sha256(loaded.path),
         metadata=data.metadata,
+        kind=dataset_kind(data_path, data.metadata),
+        data_sha256=dataset_hash(data_path)["sha256"],
         index=index,
         inputs=np.asarray(data.inputs[index]).astype(np.int32),
         labels=labels,
@@ -91,13 +97,17 @@ def load_study_inputs(checkpoint: str, data_path: str, *, n: int | None, seed: i
 
 def sample_provenance(inputs: StudyInputs, *, data_path: str | Path, seed: int, dtype: str, split: str = "test") -> dict[str, Any]:
     """What identifies a study's model and sample in summary.json and its shard fingerprint:
-    checkpoint path and sha256, dataset, split, n, sample seed and the recurrence dtype. Runs
-    that agree on these hold the same examples (see `diagnostics.stats`)."""
+    checkpoint path and sha256, dataset path, kind and content hash, split, n, sample seed and the
+    recurrence dtype. Runs that agree on these hold the same examples (see
+    `diagnostics.studies.stats`); a dataset rebuilt at the same path changes the hash, so a
+    resumed study never mixes shards computed on two datasets."""
     return {
         "dtype": dtype,
         "checkpoint": str(inputs.checkpoint.path),
         "checkpoint_sha256": inputs.checkpoint_sha256,
         "data_path": str(data_path),
+        "data_sha256": inputs.data_sha256,
+        "puzzle_kind": inputs.kind.name,
         "split": split,
         "n": len(inputs.index),
         "seed": seed,

@@ -36,6 +36,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines)
 
 
+def settings_table(summary: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """A two-column (quantity, value) Markdown table of `summary[keys]`, None shown as n/a."""
+    rows = [{"quantity": key, "value": "n/a" if summary[key] is None else summary[key]} for key in keys]
+    return markdown_table(rows, ("quantity", "value"))
+
+
 def write_outputs(out_dir: Path, summary: Mapping[str, Any], report: str) -> tuple[Path, Path]:
     """Write `out_dir/summary.json` and `out_dir/report.md`; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)

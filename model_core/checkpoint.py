@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,9 @@ import yaml
 
 from model_core.act import ACTModel
 from model_core.config import ArchConfig
-from runtime.errors import CheckpointError
 from model_core.losses import ACTLossHead
 from model_core.registry import build_model, get_arch
+from runtime.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,36 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 
 def read_state_file(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True, turning every failure into one readable line."""
+    """torch.load with weights_only=True, turning every failure into one readable line.
+
+    A file that names Python code to run (a pickled class or function, which weights_only
+    refuses) is reported as such, never as corrupt; nothing in it is executed.
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        code = _UNSAFE_GLOBAL.search(str(e))
+        if code:
+            raise CheckpointError(f"refusing to unpickle code from {path}: it references {code.group(1)}, "
+                                  "which a checkpoint of weights never needs; load it only if you trust its source") from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {_first_sentence(e)}") from None
     except Exception as e:  # noqa: BLE001 (any failure to unpickle means the file is not a checkpoint)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {reason[:160]}") from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {_first_sentence(e)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     return obj
+
+
+_UNSAFE_GLOBAL = re.compile(r"unsupported GLOBAL ([\w.]+)")
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The first line of an exception's message, cut at a sentence end (never mid-sentence)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(text) > 200:
+        end = text.find(". ", 0, 200)
+        text = text[: end + 1] if end > 0 else text
+    return text
 
 
 def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -174,6 +196,15 @@ def load_state_into(model: ACTModel, state: dict[str, torch.Tensor]) -> None:
             own[key].copy_(value.to(own[key].dtype))
 
 
+def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
+    """CheckpointError naming the first floating-point tensor with a NaN or Inf entry."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source} holds non-finite weights: {key} has {bad} NaN/Inf of {value.numel()} entries "
+                                  "(a diverged run?); pick an earlier checkpoint, or pass allow_non_finite=true to inspect it")
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -181,11 +212,14 @@ def load_checkpoint(
     overrides: dict[str, Any] | None = None,
     use_ema: bool = True,
     device: torch.device | str = "cpu",
+    allow_non_finite: bool = False,
 ) -> LoadedCheckpoint:
     """Load an official `step_N` file (or run directory) or one of our checkpoints for inference.
 
     `seq_len` comes from the dataset when the weights cannot tell it; `overrides` replace arch
     fields that do not change shapes (e.g. forward_dtype, halt_max_steps). The model is in eval mode.
+    Weights holding NaN or Inf are refused (CheckpointError naming the tensor): every number a
+    model with them produces is meaningless. `allow_non_finite=True` loads them for inspection.
     """
     file = resolve_checkpoint_path(path)
     raw = read_state_file(file)
@@ -222,6 +256,8 @@ def load_checkpoint(
     arch.validate()
     model = build_model(arch)
     check_state_fits(model.model, state, file, arch)
+    if not allow_non_finite:
+        check_finite(state, file)
     load_state_into(model.model, state)
     model.to(device).eval()
     return LoadedCheckpoint(model=model, arch=arch, path=file, step=step, kind=kind, extra=extra)

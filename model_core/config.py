@@ -60,17 +60,30 @@ class ArchConfig:
         """S = P + L, the length of the latent state."""
         return self.seq_len + self.puzzle_emb_positions
 
-    def validate(self) -> None:
-        """Raise ConfigError on values no model can be built from."""
+    def validate(self, derived: bool = True) -> None:
+        """Raise ConfigError on values no model can be built from; `derived=False` skips the
+        dataset-derived fields (checked at start-up, before the data exists)."""
         if self.forward_dtype not in DTYPES:
             raise ConfigError(f"arch.forward_dtype={self.forward_dtype!r} is not one of {sorted(DTYPES)}")
         if self.pos_encodings not in POS_ENCODINGS:
             raise ConfigError(f"arch.pos_encodings={self.pos_encodings!r} is not one of {list(POS_ENCODINGS)}")
         if self.loss_type not in LOSS_TYPES:
             raise ConfigError(f"arch.loss_type={self.loss_type!r} is not one of {list(LOSS_TYPES)}")
+        for key in ("hidden_size", "num_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"arch.{key}={getattr(self, key)} must be >= 1")
+        if not self.expansion > 0:
+            raise ConfigError(f"arch.expansion={self.expansion} must be > 0")
+        if self.puzzle_emb_ndim < 0:
+            raise ConfigError(f"arch.puzzle_emb_ndim={self.puzzle_emb_ndim} must be >= 0")
+        if not 0.0 <= self.halt_exploration_prob <= 1.0:
+            raise ConfigError(f"arch.halt_exploration_prob={self.halt_exploration_prob} must be in [0, 1]")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"arch.hidden_size={self.hidden_size} is not divisible by arch.num_heads={self.num_heads}")
-        for key in ("H_cycles", "L_cycles", "L_layers", "halt_max_steps", "vocab_size", "seq_len", "batch_size"):
+        keys = ("H_cycles", "L_cycles", "L_layers", "halt_max_steps")
+        if derived:
+            keys += ("vocab_size", "seq_len", "num_puzzle_identifiers", "batch_size")
+        for key in keys:
             if getattr(self, key) < 1:
                 raise ConfigError(f"arch.{key}={getattr(self, key)} must be >= 1")
 

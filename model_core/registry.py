@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from model_core.act import ACTModel
 from model_core.config import ArchConfig
 from model_core.core import RecurrentCore
-from runtime.errors import ConfigError
 from model_core.losses import ACTLossHead
+from runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.errors import ConfigError
 from model_core.init import trunc_normal_init_
+from runtime.errors import ConfigError
 
 
 class CastedSparseEmbedding(nn.Module):

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 
 from puzzles.maze import CHARSET
-from runtime.progress import progress_bar
 from runtime.errors import DatasetError
+from runtime.progress import progress_bar
 
 SUDOKU_EXTREME_REPO = "sapientinc/sudoku-extreme"
 MAZE_HARD_REPO = "sapientinc/maze-30x30-hard-1k"

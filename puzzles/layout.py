@@ -133,7 +133,7 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 def content_hash(root: str | Path) -> str:
     """sha256 over the relative paths and bytes of every dataset file under `root` (build.json and
-    hidden files excluded: `runtime.manifest` caches its per-file digests in a dot-file there)."""
+    hidden files excluded, e.g. an old `.content_hash.json` cache or editor files)."""
     root = Path(root)
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "build.json"
@@ -231,6 +231,12 @@ def _metadata_from_dict(data: object, path: Path) -> PuzzleMetadata:
         }.get(name, _is_int(value))
         if not ok:
             raise DatasetError(f"{path}: field {name} has an invalid value {value!r}")
+    for name in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
+        if values[name] < 1:
+            raise DatasetError(f"{path}: field {name} is {values[name]}, must be at least 1")
+    for name in ("total_groups", "mean_puzzle_examples"):
+        if values[name] < 0:
+            raise DatasetError(f"{path}: field {name} is {values[name]}, must not be negative")
     return PuzzleMetadata(**values)
 
 
@@ -278,12 +284,15 @@ def _check(split: PuzzleSplit, where: Path, set_name: str) -> None:
         if getattr(split, name).ndim != 1:
             fail(f"{name} must be one-dimensional")
     pi, gi, ids = split.puzzle_indices, split.group_indices, split.puzzle_identifiers
-    if len(pi) != len(ids) + 1 or pi[0] != 0 or pi[-1] != len(x) or np.any(np.diff(pi) < 1):
-        fail(f"puzzle_indices must rise from 0 to {len(x)} examples with one entry per puzzle plus one")
+    if len(pi) < 1 or pi[0] != 0 or pi[-1] != len(x) or np.any(np.diff(pi) < 1):
+        fail(f"puzzle_indices must rise from 0 to {len(x)} examples (one entry per puzzle plus one)")
+    if len(ids) != len(pi) - 1:
+        fail(f"puzzle_identifiers has {len(ids)} entries for {len(pi) - 1} puzzles (puzzle_indices has {len(pi)} entries)")
     if len(gi) < 1 or gi[0] != 0 or gi[-1] != len(ids) or np.any(np.diff(gi) < 1):
         fail(f"group_indices must rise from 0 to {len(ids)} puzzles")
     if len(ids) and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
-        fail(f"puzzle_identifiers outside 0..{meta.num_puzzle_identifiers - 1}")
+        allowed = f"0..{meta.num_puzzle_identifiers - 1}" if meta.num_puzzle_identifiers > 0 else "nothing (num_puzzle_identifiers is not positive)"
+        fail(f"puzzle_identifiers hold ids {ids.min()}..{ids.max()}, outside {allowed}")
     for name, arr in (("inputs", x), ("labels", y)):
         if arr.size and (arr.min() < 0 or arr.max() >= meta.vocab_size):
             fail(f"{name} hold tokens outside 0..{meta.vocab_size - 1} (vocab_size {meta.vocab_size})")

@@ -31,8 +31,8 @@ import numpy as np
 from numba import njit
 
 from puzzles._rng import puzzle_seeds, randint, uniform
-from runtime.progress import progress_bar
 from runtime.errors import ConfigError
+from runtime.progress import progress_bar
 
 CHARSET = "# SGo"  # token = position + 1
 PAD, WALL, OPEN, START, GOAL, PATH = 0, 1, 2, 3, 4, 5

@@ -36,8 +36,8 @@ from numba import njit
 
 from puzzles._rng import puzzle_seeds, randint
 from puzzles.augment import sudoku_transform_indices
-from runtime.progress import progress_bar
 from runtime.errors import ConfigError
+from runtime.progress import progress_bar
 
 BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # size -> (box rows, box cols)
 GIVENS_RANGE = {4: (4, 16), 6: (9, 36), 9: (17, 81)}  # 6x6 minimum is 8, out of reach of the search

@@ -4,15 +4,72 @@ Each writer fills a temporary file in the destination's own directory (so the fi
 is a rename within one filesystem), fsyncs it, renames it over the destination and then fsyncs
 the directory so the rename itself survives a crash. A kill at any point leaves at most a stray
 `.<name>.*.tmp` file beside the destination, never a half-written destination.
+
+A write that fails for a reason the user can fix (disk full, quota, read-only filesystem, no
+permission, a path below a regular file) raises `UnwritableError`, a one-line `UserError` naming
+the path, the reason and, for a full disk, the space left; the destination keeps its old content.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
 import torch
+
+from runtime.errors import UserError
+
+_SPACE = "free some space or choose another folder"
+_ACCESS = "fix the permissions or choose another folder"
+_FIXABLE = {  # errno -> (what happened, what to do)
+    errno.ENOSPC: ("no space left on the device", _SPACE),
+    errno.EDQUOT: ("disk quota exceeded", _SPACE),
+    errno.EROFS: ("read-only filesystem", "choose another folder"),
+    errno.EACCES: ("permission denied", _ACCESS),
+    errno.EPERM: ("operation not permitted", _ACCESS),
+    errno.ENOTDIR: ("a parent of it is a file, not a folder", "choose another folder"),
+    errno.EEXIST: ("a parent of it is a file, not a folder", "choose another folder"),
+}
+
+
+class UnwritableError(UserError):
+    """A file could not be written for a reason outside the program (disk, permissions, path)."""
+
+
+def _free_space(path: Path) -> str:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on {folder}"
+            except OSError:
+                return "free space unknown"
+    return "free space unknown"
+
+
+def unwritable(path: str | os.PathLike, exc: OSError) -> UnwritableError | None:
+    """The one-line error for an OSError a user can fix, or None for anything else."""
+    if (exc.errno or 0) not in _FIXABLE:
+        return None
+    reason, advice = _FIXABLE[exc.errno]
+    where = Path(path)
+    extra = f" ({_free_space(where)})" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return UnwritableError(f"cannot write {where}: {reason}{extra}; {advice}")
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create folder `path` (and parents) and check that a file can be created in it; raises
+    UnwritableError before any work is done when it cannot."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise (unwritable(folder, e) or e) from None
+    return folder
 
 
 def _default_mode() -> int:
@@ -42,8 +99,11 @@ def _fsync_dir(directory: Path) -> None:
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call `write(f)` on a temp file beside `path`, then fsync and rename it onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise (unwritable(path, e) or e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             # mkstemp creates 0o600; give the result the permissions an ordinary write would have.
@@ -52,12 +112,16 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # Also on KeyboardInterrupt: never leave the temp file behind when we can remove it.
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and (problem := unwritable(path, e)) is not None:
+            raise problem from None
+        if isinstance(e, RuntimeError) and "No space left" in str(e):  # torch.save wraps ENOSPC
+            raise unwritable(path, OSError(errno.ENOSPC, str(e))) from None
         raise
     _fsync_dir(path.parent)
     return path

@@ -6,9 +6,11 @@ timestamp and the host; `write_manifest` stores it as `manifest.json` atomically
 manifests agree on commit (not dirty), config, dataset hash and checkpoint hash used the same
 inputs.
 
-Dataset hashing reads every file once; per-file digests are cached in memory and in
-`<dataset_dir>/.content_hash.json`, keyed by (size, mtime), so later runs only re-hash files that
-changed. A read-only dataset folder just skips the on-disk cache.
+Dataset hashing reads every file once; per-file digests are cached in memory and on disk in the
+user's cache (`$RRDYN_CACHE_DIR`, else `$XDG_CACHE_HOME/rrdyn`, else `~/.cache/rrdyn`), one file
+per dataset folder keyed by its absolute path, each entry keyed by (size, mtime), so later runs
+only re-hash files that changed. Nothing is ever written into the dataset folder (it may be
+read-only or a tracked fixture); an unwritable cache only means hashing again next time.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ from runtime.errors import CheckpointError, DatasetError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "wandb")
-HASH_CACHE_NAME = ".content_hash.json"
 _CHUNK_BYTES = 1 << 20
 
 # (absolute path, size, mtime_ns) -> sha256, for this process.
@@ -79,6 +80,21 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _file_hash_memo[key]
 
 
+def cache_dir() -> Path:
+    """Where rrdyn caches what it can recompute (dataset hashes)."""
+    explicit = os.environ.get("RRDYN_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rrdyn"
+
+
+def hash_cache_path(dataset_dir: str | os.PathLike) -> Path:
+    """The per-file digest cache of one dataset folder (outside the folder)."""
+    key = hashlib.sha256(str(Path(dataset_dir).resolve()).encode()).hexdigest()[:24]
+    return cache_dir() / "dataset-hashes" / f"{key}.json"
+
+
 def dataset_hash(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     """Content hash of a dataset folder: {"path", "sha256", "files": {relative path: sha256}}.
 
@@ -96,7 +112,7 @@ def dataset_hash(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     if not files:
         raise DatasetError(f"dataset directory {root} contains no files")
 
-    cache_path = root / HASH_CACHE_NAME
+    cache_path = hash_cache_path(root)
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
@@ -113,9 +129,10 @@ def dataset_hash(dataset_dir: str | os.PathLike) -> dict[str, Any]:
         fresh[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digests[rel]}
     if fresh != cache:
         try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cache_path, json.dumps(fresh, indent=1, sort_keys=True))
         except OSError:
-            pass  # read-only dataset folder: hash again next time
+            pass  # unwritable cache: hash again next time
 
     combined = hashlib.sha256("".join(f"{rel}\0{d}\n" for rel, d in digests.items()).encode())
     return {"path": str(root.resolve()), "sha256": combined.hexdigest(), "files": digests}
@@ -185,6 +202,19 @@ def build_manifest(
 
 
 def write_manifest(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
-    """Write `manifest` to `directory/manifest.json` atomically; returns the file's path."""
+    """Write `manifest` to `directory/manifest.json` atomically; returns the file's path.
+
+    The history is appended, never overwritten: when the file exists (a resumed run, a rerun
+    study), the earlier manifest, minus its own history, becomes the last entry of `history`.
+    """
+    path = Path(directory) / "manifest.json"
+    manifest = dict(manifest)
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = None
+    if isinstance(previous, dict):
+        earlier = [h for h in previous.get("history", []) if isinstance(h, dict)]
+        manifest["history"] = earlier + [{k: v for k, v in previous.items() if k != "history"}]
     text = json.dumps(manifest, indent=2, default=str) + "\n"
-    return atomic_write_text(Path(directory) / "manifest.json", text)
+    return atomic_write_text(path, text)

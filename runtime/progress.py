@@ -24,11 +24,13 @@ class _LineStream:
 
     def __init__(self, stream: TextIO):
         self.stream = stream
+        self.last = ""
 
     def write(self, text: str) -> int:
         line = text.replace("\r", "").rstrip()
-        if line:
+        if line and line != self.last:  # close() redraws the final state once more
             self.stream.write(line + "\n")
+            self.last = line
         return len(text)
 
     def flush(self) -> None:
@@ -63,7 +65,9 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
         return tqdm(*args, file=stream, **kwargs)
     interval = log_interval_s()
     kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.1)), interval)
-    kwargs["maxinterval"] = max(float(kwargs.get("maxinterval", 10.0)), interval)
+    # No forced redraws from tqdm's monitor thread: they would print a second line right after
+    # a regular one. Updates still print once `interval` has passed.
+    kwargs["maxinterval"] = float("inf")
     kwargs.setdefault("ncols", 100)
     kwargs.setdefault("ascii", True)
     return tqdm(*args, file=_LineStream(stream), **kwargs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("RRDYN_CACHE_DIR", tempfile.mkdtemp(prefix="rrdyn-test-cache-"))  # never the user's cache
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 import archs  # noqa: E402,F401  (registers trm and hrm)

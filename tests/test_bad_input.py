@@ -33,7 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from puzzles.build import MazeGenConfig, SudokuGenConfig, build_dataset
+from puzzles.build import build_dataset
+from puzzles.builders import MazeGenConfig, SudokuGenConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_RUN = REPO / "tests" / "fixtures" / "official" / "trm_mlp" / "run"
@@ -82,6 +83,8 @@ def prepare_scratch(tmp: Path) -> None:
     (tmp / "file.txt").write_text("not a folder\n")
     (tmp / "oldrun").mkdir()
     (tmp / "oldrun" / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "experiment_name": "earlier"}))
+    (tmp / "oldrun" / "checkpoints").mkdir()
+    (tmp / "oldrun" / "checkpoints" / "step_0000010.pt").write_bytes(b"")
     build_dataset(MazeGenConfig(out=str(tmp / "maze"), size=5, min_path=2, n_train=2, n_test=2))
     build_dataset(SudokuGenConfig(out=str(tmp / "sudoku4"), size=4, givens=8, n_train=2, n_test=2))
 

@@ -1,4 +1,4 @@
-"""The README's main command, shrunk: launch/demo.py --quick runs every stage and writes the report.
+"""The README's main command, shrunk: python -m diagnostics.demo --quick runs every stage and writes the report.
 
 Test hypothesis: the demo's stages compose (data -> train -> evaluate -> five studies -> report)
 and a re-run with the same --out skips finished stages instead of redoing or corrupting them.
@@ -17,7 +17,7 @@ STUDIES = ("spectrum", "displacement", "extended", "basin", "stats")
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "launch/demo.py", "--quick", "--out", str(out)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "diagnostics.demo", "--quick", "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
 
 

@@ -10,17 +10,17 @@ before any work starts. `pretrain.py` converts the composed config once with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 import archs
-from puzzles.build import MazeGenConfig, MazeHardConfig, SudokuExtremeConfig, SudokuGenConfig
-from training.augment import AugmentConfig
+from puzzles.kinds import BUILDERS, Builder
 from runtime.errors import ConfigError
 from runtime.logging import WandbConfig
+from training.augment import AugmentConfig
 
 
 @dataclass
@@ -41,24 +41,13 @@ class DataConfig:
     eval_batch_size: int = 256
 
 
-@dataclass
-class SudokuGenData(DataConfig):
-    build: SudokuGenConfig = field(default_factory=SudokuGenConfig)
+def data_schema(builder: Builder) -> type[DataConfig]:
+    """`DataConfig` whose `build` is the builder's config: the schema `data/schema_<builder>`."""
+    name = "".join(part.title() for part in builder.name.split("_")) + "Data"
+    return make_dataclass(name, [("build", builder.config_cls, field(default_factory=builder.config_cls))], bases=(DataConfig,))
 
 
-@dataclass
-class MazeGenData(DataConfig):
-    build: MazeGenConfig = field(default_factory=MazeGenConfig)
-
-
-@dataclass
-class SudokuExtremeData(DataConfig):
-    build: SudokuExtremeConfig = field(default_factory=SudokuExtremeConfig)
-
-
-@dataclass
-class MazeHardData(DataConfig):
-    build: MazeHardConfig = field(default_factory=MazeHardConfig)
+DATA_SCHEMAS: dict[str, type[DataConfig]] = {name: data_schema(builder) for name, builder in BUILDERS.items()}
 
 
 @dataclass
@@ -102,7 +91,9 @@ class PretrainConfig:
     time. `eval_interval` and `checkpoint_interval` are independent (None: only at the end; an
     evaluation that improves the best exact accuracy always writes a checkpoint for best.pt).
     `resume`: None (fresh run; the run dir must not hold another run), "auto" (the newest valid
-    checkpoint in the run dir, else a fresh start) or a checkpoint file.
+    checkpoint in the run dir, else a fresh start) or a checkpoint file. A resume whose dataset's
+    content hash differs from the checkpoint's is refused unless `allow_data_change=true` (the
+    change is then recorded in the manifest's history).
     """
 
     arch: Any = MISSING
@@ -114,6 +105,7 @@ class PretrainConfig:
     experiment_name: Optional[str] = None
     run_dir: Optional[str] = None
     resume: Optional[str] = None
+    allow_data_change: bool = False
     seed: int = 0
     global_batch_size: int = 768
     epochs: int = 100000
@@ -138,6 +130,8 @@ class PretrainConfig:
         for key in ("max_steps", "eval_interval", "checkpoint_interval"):
             if getattr(self, key) is not None:
                 positive[key] = getattr(self, key)
+        if self.data.eval_n is not None:
+            positive["data.eval_n"] = self.data.eval_n
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
@@ -149,7 +143,17 @@ class PretrainConfig:
             raise ConfigError(f"optim.lr_min_ratio={self.optim.lr_min_ratio} must be in [0, 1]")
         if self.optim.lr_warmup_steps < 0:
             raise ConfigError(f"optim.lr_warmup_steps={self.optim.lr_warmup_steps} must be >= 0")
+        for key in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay"):
+            value = getattr(self.optim, key)
+            if not value >= 0.0:  # also catches NaN
+                raise ConfigError(f"optim.{key}={value} must be >= 0")
+        for key in ("beta1", "beta2"):
+            value = getattr(self.optim, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"optim.{key}={value} must be in [0, 1)")
         self.augment.validate()
+        if hasattr(self.arch, "validate"):
+            self.arch.validate(derived=False)
 
 
 def run_label(experiment_name: Optional[str], arch_choice: Optional[str]) -> str:
@@ -169,10 +173,8 @@ def register_configs() -> None:
     for spec in archs.SPECS:
         cs.store(group="arch", name=f"schema_{spec.name}", node=spec.config_cls)
     cs.store(group="data", name="schema_path", node=DataConfig)
-    cs.store(group="data", name="schema_sudoku_gen", node=SudokuGenData)
-    cs.store(group="data", name="schema_maze_gen", node=MazeGenData)
-    cs.store(group="data", name="schema_sudoku_extreme", node=SudokuExtremeData)
-    cs.store(group="data", name="schema_maze_hard", node=MazeHardData)
+    for name, schema in DATA_SCHEMAS.items():  # one per puzzles.kinds builder
+        cs.store(group="data", name=f"schema_{name}", node=schema)
     cs.store(group="optim", name="schema", node=OptimConfig)
     cs.store(group="augment", name="schema", node=AugmentConfig)
     cs.store(group="logger", name="schema", node=WandbConfig)

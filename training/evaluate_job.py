@@ -19,8 +19,9 @@ import archs  # noqa: F401  (registers trm and hrm)
 from model_core.checkpoint import load_checkpoint
 from model_core.config import DTYPES
 from puzzles.layout import read_metadata
+from runtime.atomic import ensure_writable_dir
 from runtime.dist import cleanup, init_distributed, resolve_device
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, DatasetError
 from runtime.logging import MetricsSink, WandbConfig, dashboard_config, get_logger
 from runtime.manifest import build_manifest, write_manifest
 from training.evaluation import EvalOptions, evaluate_split, write_eval_outputs
@@ -30,7 +31,8 @@ log = get_logger("evaluate")
 
 @dataclass
 class EvaluateConfig:
-    """evaluate.py options. `dtype` overrides the checkpoint's forward dtype (None keeps it)."""
+    """evaluate.py options. `dtype` overrides the checkpoint's forward dtype (None keeps it);
+    `allow_non_finite` loads weights that hold NaN/Inf (refused otherwise)."""
 
     checkpoint: str = "???"
     data_path: str = "???"
@@ -44,6 +46,7 @@ class EvaluateConfig:
     device: str = "auto"
     dtype: str | None = None
     use_ema: bool = True
+    allow_non_finite: bool = False
     keep_logits: bool = True
     wandb: WandbConfig = field(default_factory=lambda: WandbConfig(mode="disabled"))
 
@@ -58,14 +61,18 @@ def run(cfg: EvaluateConfig) -> dict:
     the metrics (the same dict as OUT/metrics.json's metrics)."""
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
         raise ConfigError(f"output_dir={cfg.output_dir} is a file; name a folder to write metrics.json and predictions.npz into")
+    ensure_writable_dir(cfg.output_dir)  # before any work: an unwritable folder fails now, not after the evaluation
     if cfg.dtype is not None and cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r} is not one of {sorted(DTYPES)}")
     device = resolve_device(cfg.device)
     dist = init_distributed(device)
     try:
         meta = read_metadata(cfg.data_path, cfg.split)
+        if meta.total_puzzles == 0 or meta.total_groups == 0:
+            raise DatasetError(f"split {cfg.split!r} of {cfg.data_path} holds no puzzles; nothing to evaluate")
         overrides = {"forward_dtype": cfg.dtype} if cfg.dtype else {}
-        loaded = load_checkpoint(cfg.checkpoint, seq_len=meta.seq_len, overrides=overrides, use_ema=cfg.use_ema, device=device)
+        loaded = load_checkpoint(cfg.checkpoint, seq_len=meta.seq_len, overrides=overrides, use_ema=cfg.use_ema, device=device,
+                                 allow_non_finite=cfg.allow_non_finite)
         log.info("loaded %s checkpoint %s (arch %s, step %d)", loaded.kind, loaded.path, loaded.arch.name, loaded.step)
         opts = EvalOptions(segments=cfg.segments, act_halting=cfg.act_halting, batch_size=cfg.batch_size, n=cfg.n, seed=cfg.seed, keep_logits=cfg.keep_logits)
         start = time.perf_counter()

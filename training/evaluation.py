@@ -17,16 +17,15 @@ import numpy as np
 import torch
 
 from model_core.act import ACTModel
-from runtime.atomic import atomic_write_bytes, atomic_write_text
 from model_core.config import ArchConfig
 from model_core.core import RecurrentCore
+from model_core.losses import IGNORE_LABEL_ID, ACTLossHead, stablemax_cross_entropy
+from puzzles.kinds import PuzzleKind, dataset_kind
+from puzzles.layout import PuzzleMetadata, PuzzleSplit, load_split
+from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.dist import DistInfo, gather_arrays_to_rank0
 from runtime.errors import ConfigError, DatasetError
 from runtime.logging import rank0_tqdm
-from model_core.losses import IGNORE_LABEL_ID, ACTLossHead, stablemax_cross_entropy
-from puzzles.layout import PuzzleMetadata, PuzzleSplit, load_split
-
-MAZE_VOCAB = 6
 
 
 @dataclass
@@ -187,11 +186,12 @@ def evaluate_split(
     arrays = gather_arrays_to_rank0(local) if world > 1 else local
     if arrays is None:
         return EvalResult(metrics={})
-    return EvalResult(metrics=summarize(arrays, arch, meta, segments, opts.act_halting), arrays=arrays)
+    return EvalResult(metrics=summarize(arrays, dataset_kind(data_root, meta), segments, opts.act_halting), arrays=arrays)
 
 
-def summarize(arrays: dict[str, np.ndarray], arch: ArchConfig, meta: PuzzleMetadata, segments: int, act_halting: bool) -> dict:
-    """Dataset-level metrics from per-example arrays."""
+def summarize(arrays: dict[str, np.ndarray], kind: PuzzleKind, segments: int, act_halting: bool) -> dict:
+    """Dataset-level metrics from per-example arrays; the puzzle kind adds its own (e.g. Maze's
+    `valid_path_accuracy`, with the per-example `valid_path` array added to `arrays`)."""
     count = int(len(arrays.get("index", [])))
     if count == 0:
         return {"count": 0}
@@ -207,12 +207,11 @@ def summarize(arrays: dict[str, np.ndarray], arch: ArchConfig, meta: PuzzleMetad
         "mean_halt_segment": float(arrays["halt_segment"].mean()),
         "lm_loss": float(arrays["lm_loss"].mean()),
     }
-    if meta.vocab_size == MAZE_VOCAB:
-        from puzzles.maze import valid_path
-
-        side = int(round(meta.seq_len**0.5))
-        arrays["valid_path"] = valid_path(arrays["preds"].astype(np.int64), arrays["inputs"].astype(np.int64), side)
-        metrics["valid_path_accuracy"] = float(arrays["valid_path"].mean())
+    extra_arrays, extra_metrics = kind.extra_metrics(arrays["preds"].astype(np.int64), arrays["inputs"].astype(np.int64),
+                                                     arrays["labels"].astype(np.int64))
+    arrays.update(extra_arrays)
+    metrics.update(extra_metrics)
+    metrics["puzzle_kind"] = kind.name
     return metrics
 
 

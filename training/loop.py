@@ -19,6 +19,10 @@ import contextlib
 import dataclasses
 import math
 import os
+import shlex
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,31 +31,34 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from model_core.act import ACTCarry
+from model_core.checkpoint import FORMAT
+from model_core.config import ArchConfig
+from model_core.losses import ACTLossHead
+from model_core.registry import build_model, get_arch
 from puzzles.build import build_dataset
 from puzzles.dataset import LoaderConfig, PuzzleDataset
 from puzzles.layout import read_metadata
 from runtime import dist as rdist
-from model_core.act import ACTCarry
 from runtime.atomic import atomic_write_text
-from training.augment import TrajectoryAugmenter
-from model_core.checkpoint import FORMAT
-from model_core.config import ArchConfig
-from training.ema import EMA
-from runtime.errors import CheckpointError, ConfigError, DatasetError
-from training.evaluation import EvalOptions, evaluate_split
+from runtime.errors import CheckpointError, ConfigError, DatasetError, UserError
+from runtime.lock import DirectoryLock
 from runtime.logging import MetricsSink, dashboard_config, get_logger, rank0_tqdm
-from model_core.losses import ACTLossHead
 from runtime.manifest import build_manifest, write_manifest
-from training.optim import AdamATan2, SparseEmbeddingSignSGD
-from model_core.registry import build_model, get_arch
-from training.schedule import apply_lr_schedule
-from training.config import PretrainConfig
 from training import state as ts
+from training.augment import TrajectoryAugmenter
+from training.config import PretrainConfig
+from training.ema import EMA
+from training.evaluation import EvalOptions, evaluate_split
+from training.optim import AdamATan2, SparseEmbeddingSignSGD
+from training.schedule import apply_lr_schedule
 
 log = get_logger(__name__)
 
 # Config sections that define a run; resuming with different values is refused.
 IDENTITY_KEYS = ("arch", "data", "optim", "augment", "seed", "global_batch_size", "epochs")
+# Settings inside those sections that do not change what is trained (only how it is measured).
+NOT_IDENTITY = {"data": ("eval_n", "eval_batch_size")}
 NO_RESUME = (None, "", "none")  # values of `resume` that start a fresh run
 # Arch fields `derive_arch` fills from the data and the ranks: not part of a run's identity (the
 # data is), and still 0 in a config that has not been derived yet.
@@ -60,6 +67,51 @@ DERIVED_ARCH_KEYS = ("vocab_size", "seq_len", "num_puzzle_identifiers", "batch_s
 
 class DivergenceError(ConfigError):
     """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+class InterruptedRun(UserError):
+    """SIGINT or SIGTERM arrived; the step in flight finished and a checkpoint was written."""
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run: this process's arguments with run_dir and
+    resume set (`torchrun ...` launchers add their own prefix)."""
+    keep = [a for a in sys.argv[1:] if not a.split("=", 1)[0].lstrip("+") in ("run_dir", "resume")]
+    return " ".join(["python", "pretrain.py", *map(shlex.quote, keep), shlex.quote(f"run_dir={run_dir}"), "resume=auto"])
+
+
+class StopSignals:
+    """Turn SIGINT/SIGTERM into a flag the loop reads between steps (main thread only).
+
+    The first signal asks the loop to finish its step, checkpoint and stop; a second one restores
+    the default handler behaviour (KeyboardInterrupt / termination) for a user who insists.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        log.warning("%s received: finishing the current step and saving a checkpoint (again to abort)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
 
 
 @dataclasses.dataclass
@@ -149,6 +201,9 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: str) -
     for d in (saved, current):
         if isinstance(d.get("arch"), dict):
             d["arch"] = {k: v for k, v in d["arch"].items() if k not in DERIVED_ARCH_KEYS}
+        for section, keys in NOT_IDENTITY.items():
+            if isinstance(d.get(section), dict):
+                d[section] = {k: v for k, v in d[section].items() if k not in keys}
     for key in IDENTITY_KEYS:
         if saved.get(key) != current.get(key):
             detail = ""
@@ -207,6 +262,7 @@ class Trainer:
         eval_meta = read_metadata(data_root, cfg.data.eval_split)
         self.eval_set = "+".join(eval_meta.sets)
 
+        self.signals: StopSignals | None = None
         self.step = 0
         self.iters_done = 0
         self.carry: ACTCarry | None = None
@@ -319,9 +375,11 @@ class Trainer:
 
         keys = sorted(metrics)
         over_time = self.cfg.max_train_seconds is not None and self.info.is_main and self.elapsed() > self.cfg.max_train_seconds
-        values = torch.stack([metrics[k].detach().to(torch.float64) for k in keys] + [loss.detach().to(torch.float64), torch.tensor(float(over_time), dtype=torch.float64, device=loss.device)])
+        interrupted = self.signals is not None and self.signals.received is not None
+        flags = torch.tensor([float(over_time), float(interrupted)], dtype=torch.float64, device=loss.device)
+        values = torch.cat([torch.stack([metrics[k].detach().to(torch.float64) for k in keys] + [loss.detach().to(torch.float64)]), flags])
         rdist.all_reduce_sum_([values])
-        sums = dict(zip(keys + ["loss", "_stop"], values.tolist()))
+        sums = dict(zip(keys + ["loss", "_stop", "_interrupt"], values.tolist()))
         if not math.isfinite(sums["loss"]):
             kept = ts.checkpoint_dir(self.run_dir) / ts.checkpoint_name(self.last_saved_step) if self.last_saved_step > 0 else None
             raise DivergenceError(
@@ -341,10 +399,11 @@ class Trainer:
             self.ema.update(self.model.model)
 
         count = max(sums["count"], 1.0)
-        out = {f"train/{k}": (v / self.global_batch if k.endswith("loss") else v / count) for k, v in sums.items() if k not in ("count", "_stop")}
+        out = {f"train/{k}": (v / self.global_batch if k.endswith("loss") else v / count) for k, v in sums.items() if k not in ("count", "_stop", "_interrupt")}
         out["train/count"] = sums["count"]
         out["train/lr"] = lrs["adam"]
         out["_stop"] = sums["_stop"]
+        out["_interrupt"] = sums["_interrupt"]
         return out
 
     def evaluate(self) -> dict[str, Any]:
@@ -359,7 +418,8 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
     def fit(self, sink: MetricsSink) -> TrainResult:
         """Train until the epochs, `max_steps` or `max_train_seconds` run out; evaluate and
-        checkpoint on their intervals and once more at the end."""
+        checkpoint on their intervals and once more at the end. SIGINT/SIGTERM finish the step
+        in flight, write a checkpoint and raise InterruptedRun with the command that resumes."""
         cfg = self.cfg
         stop_step = min(self.total_steps, cfg.max_steps or self.total_steps)
         self.t_start = time.perf_counter()
@@ -368,26 +428,31 @@ class Trainer:
         bar = rank0_tqdm(total=stop_step, initial=self.step, desc="train", disable=not cfg.progress)
         last_t, last_step = time.perf_counter(), self.step
         batches = self.batches()
-        while self.step < stop_step:
-            batch = next(batches, None)  # pulled only when a step will use it (exact resume)
-            if batch is None:
-                break
-            train_metrics = self.train_step(batch)
-            bar.update(1)
-            if self.step % cfg.log_interval == 0 or self.step == stop_step:
-                now = time.perf_counter()
-                train_metrics["train/examples_per_s"] = (self.step - last_step) * cfg.global_batch_size / max(now - last_t, 1e-9)
-                last_t, last_step = now, self.step
-                sink.log({k: v for k, v in train_metrics.items() if not k.startswith("_")}, step=self.step)
-                bar.set_postfix(loss=f"{train_metrics['train/loss']:.3f}", exact=f"{train_metrics['train/exact_accuracy']:.3f}", refresh=False)
-            if train_metrics["_stop"] > 0:
-                log.info("max_train_seconds=%s reached at step %d", cfg.max_train_seconds, self.step)
-                break
-            improved = False
-            if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step != stop_step:
-                eval_metrics, improved = self._eval_and_log(sink)
-            if improved or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
-                self.save(best=improved)
+        with StopSignals() as self.signals:
+            while self.step < stop_step:
+                batch = next(batches, None)  # pulled only when a step will use it (exact resume)
+                if batch is None:
+                    break
+                train_metrics = self.train_step(batch)
+                bar.update(1)
+                if self.step % cfg.log_interval == 0 or self.step == stop_step:
+                    now = time.perf_counter()
+                    train_metrics["train/examples_per_s"] = (self.step - last_step) * cfg.global_batch_size / max(now - last_t, 1e-9)
+                    last_t, last_step = now, self.step
+                    sink.log({k: v for k, v in train_metrics.items() if not k.startswith("_")}, step=self.step)
+                    bar.set_postfix(loss=f"{train_metrics['train/loss']:.3f}", exact=f"{train_metrics['train/exact_accuracy']:.3f}", refresh=False)
+                if train_metrics["_interrupt"] > 0:  # summed over ranks: all of them save together
+                    bar.close()
+                    path = self.save() if self.last_saved_step != self.step else ts.checkpoint_dir(self.run_dir) / ts.checkpoint_name(self.step)
+                    raise InterruptedRun(f"interrupted at step {self.step}; checkpoint {path} written; continue with: {resume_command(self.run_dir)}")
+                if train_metrics["_stop"] > 0:
+                    log.info("max_train_seconds=%s reached at step %d", cfg.max_train_seconds, self.step)
+                    break
+                improved = False
+                if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step != stop_step:
+                    eval_metrics, improved = self._eval_and_log(sink)
+                if improved or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
+                    self.save(best=improved)
         bar.close()
         if self.step == 0:
             raise DatasetError(f"the sampler yielded no training batch from {self.data_root}")
@@ -399,6 +464,7 @@ class Trainer:
         elif improved and self.info.is_main:
             ts.mark_best(self.run_dir, self.step)
         train_metrics.pop("_stop", None)
+        train_metrics.pop("_interrupt", None)
         return TrainResult(self.run_dir, self.step, train_metrics, eval_metrics, self.best["exact_accuracy"])
 
     def _eval_and_log(self, sink: MetricsSink) -> tuple[dict[str, Any], bool]:
@@ -431,19 +497,55 @@ def resolve_run_dir(cfg: PretrainConfig, info: rdist.DistInfo, hydra_dir: str | 
     return chosen
 
 
+def take_run_lock(run_dir: Path, info: rdist.DistInfo) -> DirectoryLock | None:
+    """Rank 0 locks the run directory (one writer per run); every rank raises when it is taken."""
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = DirectoryLock(run_dir, "training run").acquire()
+        except UserError as e:
+            error = str(e)
+    error = rdist.broadcast_object(error)
+    if error:
+        raise ConfigError(error)
+    return lock
+
+
+def data_change(resume: tuple[Path, dict] | None, manifest: dict[str, Any], allowed: bool) -> str | None:
+    """Why resuming on this dataset is refused (None when it is the checkpoint's, or allowed)."""
+    if resume is None:
+        return None
+    saved = ((resume[1].get("manifest") or {}).get("dataset") or {})
+    now = manifest["dataset"]
+    if not saved.get("sha256") or saved["sha256"] == now["sha256"]:
+        return None
+    changed = sorted(k for k in set(saved.get("files", {})) | set(now["files"]) if saved.get("files", {}).get(k) != now["files"].get(k))
+    detail = ", ".join(changed[:3]) + (f" (+{len(changed) - 3} more)" if len(changed) > 3 else "")
+    if allowed:
+        log.warning("dataset %s changed since checkpoint %s (%s); continuing as allow_data_change=true asks", now["path"], resume[0], detail)
+        return None
+    return (f"dataset {now['path']} changed since checkpoint {resume[0]} was written ({detail} differ); "
+            f"resume on the original data, start a fresh run_dir, or pass allow_data_change=true to continue on the new data")
+
+
 def find_resume(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict] | None:
-    """What to resume from, after checking the run dir is not another run's."""
+    """What to resume from, after checking the run dir is not another run's.
+
+    A directory whose run never wrote a checkpoint (it failed or was killed before its first
+    save) has nothing to lose or resume: it is started again in place, with a warning.
+    """
     if cfg.resume in NO_RESUME:
-        if (run_dir / "config.yaml").exists() or ts.list_checkpoints(run_dir):
+        if ts.list_checkpoints(run_dir):
             raise ConfigError(f"run directory {run_dir} already holds a run; pass resume=auto to continue it or choose another run_dir")
+        if (run_dir / "config.yaml").exists():
+            log.warning("run directory %s holds a run that saved no checkpoint; starting it again in place", run_dir)
         return None
     if cfg.resume == "auto":
         found = ts.find_resume_checkpoint(run_dir)
         if found is None and ts.list_checkpoints(run_dir):
             raise CheckpointError(f"no readable checkpoint in {run_dir / 'checkpoints'}; every file failed to load (see warnings)")
         if found is None and (run_dir / "config.yaml").exists():
-            saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-            check_same_run(saved, config_dict(cfg), f"run directory {run_dir}")
+            log.warning("run directory %s holds no checkpoint to resume; starting the run again in place", run_dir)
         return found
     path = Path(cfg.resume).expanduser()
     return path, ts.read_train_checkpoint(path)
@@ -456,6 +558,7 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
         torchrun_env_from_slurm()
     info = rdist.init_distributed(rdist.resolve_device(cfg.launcher.device))
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    lock: DirectoryLock | None = None
     try:
         set_determinism(cfg.launcher.deterministic)
         torch.manual_seed(cfg.seed + info.rank)
@@ -463,6 +566,7 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
         if cfg.launcher.expected_world_size and cfg.launcher.expected_world_size != info.world_size:
             log.warning("this recipe expects %d ranks, running with %d (the global batch stays %d)", cfg.launcher.expected_world_size, info.world_size, cfg.global_batch_size)
         run_dir = resolve_run_dir(cfg, info, hydra_dir)
+        lock = take_run_lock(run_dir, info)
         resume = find_resume(cfg, run_dir)
         data_root = prepare_data(cfg, info)
         derive_arch(cfg, data_root, info.world_size)
@@ -473,6 +577,13 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
             cfg.logger.name = cfg.logger.name or saved.get("name") or name
         cfg.logger = dashboard_config(cfg.logger, "train", group=cfg.experiment_name or cfg.logger.name)
         trainer = Trainer(cfg, info, run_dir, data_root, resume)
+        problem = None
+        if info.is_main:  # hash the dataset (cached) and compare it with the resumed checkpoint's
+            trainer.manifest = build_manifest(config=trainer.config, dataset_dir=data_root, device=str(info.device))
+            problem = data_change(resume, trainer.manifest, cfg.allow_data_change)
+        problem = rdist.broadcast_object(problem)
+        if problem:
+            raise ConfigError(problem)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             ts.remove_stale_temporaries(run_dir)
@@ -480,7 +591,6 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
                 # Records logged after the checkpoint (or by a run killed before its first one).
                 ts.trim_metrics(run_dir, trainer.step if resume else -1)
             atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(trainer.config))
-            trainer.manifest = build_manifest(config=trainer.config, dataset_dir=data_root, device=str(info.device))
             write_manifest(run_dir, trainer.manifest)
             log.info("run dir %s | %s | %d parameters | device %s x%d | dtype %s | git %s%s", run_dir, cfg.arch.name, trainer.num_params, info.device, info.world_size,
                      cfg.arch.forward_dtype, trainer.manifest["git"]["commit"][:10], " (dirty)" if trainer.manifest["git"]["dirty"] else "")
@@ -491,5 +601,7 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
                 sink.log({"num_params": trainer.num_params}, step=0)
             return trainer.fit(sink)
     finally:
+        if lock is not None:
+            lock.release()
         torch.use_deterministic_algorithms(was_deterministic)
         rdist.cleanup()

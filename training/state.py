@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from model_core.act import ACTCarry
-from runtime.atomic import atomic_torch_save, atomic_write_text
 from model_core.checkpoint import FORMAT, read_state_file
 from model_core.core import LatentCarry
+from runtime.atomic import atomic_torch_save, atomic_write_text
 from runtime.errors import CheckpointError
 from runtime.logging import get_logger
 
@@ -127,6 +127,8 @@ def reshard_carries(carries: list[dict[str, Any] | None], world_size: int) -> li
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make `dst` the same file as `src` atomically: a hard link where possible, else a copy."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return  # already linked: rename(2) between two links of one file would leave tmp behind
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
     os.unlink(tmp)
@@ -135,6 +137,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+    if os.path.lexists(tmp):  # src and dst became one file meanwhile: rename(2) was a no-op
+        os.unlink(tmp)
 
 
 def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], keep_last: int, best: bool = False) -> Path:

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diagnostics import displacement, spectrum
-from diagnostics.collect import HEADLINES, find_runs, main, natural_key, short_names
-from diagnostics.stats import run_stats
+from diagnostics.collect import find_runs, main, natural_key, short_names
+from diagnostics.registry import STUDIES
+from diagnostics.studies import displacement, spectrum
+from diagnostics.studies.stats import run_stats
 from runtime.errors import UserError
-from tests.diagnostics.test_stats import stats_config, synthetic_runs
+from tests.diagnostics.studies.test_stats import stats_config, synthetic_runs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +66,7 @@ def test_table_rows_headlines_and_left_out_runs(multirun):
     stats = json.loads((multirun / "2_stats" / "summary.json").read_text())
     assert found.rows[2]["AUC(q_halt)"] == stats["auc"]["q_halt"]["auc"] and found.rows[2]["CV AUC +lambda1"] == stats["logistic"]["auc_full"]["auc"]
     assert all(row.get(col) is not None for row, study in zip(found.rows, ["spectrum", "displacement", "stats", "spectrum"])
-               for col, _, _ in HEADLINES[study])
+               for col, _, _ in STUDIES[study].headlines)
     skipped = {Path(p).name: reason for p, reason in found.skipped}
     assert set(skipped) == {"3_displacement", "4_spectrum", "5_extended"}
     assert skipped["4_spectrum"].startswith("unreadable summary.json") and skipped["3_displacement"].startswith("partial")

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from puzzles.build import SudokuGenConfig, build_dataset
+from puzzles.build import build_dataset
+from puzzles.builders import SudokuGenConfig
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from tests.integration.helpers import assert_same, load, tiny_overrides, train, train_records, training_state
 from training import loop as training
 from training.augment import TrajectoryAugmenter
-from tests.integration.helpers import assert_same, load, tiny_overrides, train, train_records, training_state
 
 B = 32  # per-rank loader batch of the tiny runs
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from training import state as ts
 from runtime.errors import ConfigError, DatasetError
 from tests.integration.helpers import assert_one_line_error, compose_pretrain, run_cli, tiny_overrides, train
+from training import state as ts
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def test_mistyped_key(sudoku4, tmp_path):
 ])
 def test_arch_that_does_not_fit_the_data(override, message, sudoku4, tmp_path):
     assert_one_line_error(pretrain(*tiny_overrides(sudoku4, tmp_path / "r", override)), message)
-    assert not any((tmp_path / "r").iterdir())  # refused before anything was written (Hydra made the folder)
+    # refused before anything was written (Hydra made the folder; .lock is the run-dir lock)
+    assert [p.name for p in (tmp_path / "r").iterdir() if p.name != ".lock"] == []
 
 
 def test_missing_data_path(tmp_path):

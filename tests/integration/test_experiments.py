@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from model_core.registry import build_model
-from training.loop import derive_arch
 from tests.integration.helpers import REPO, compose_pretrain, run_cli
+from training.loop import derive_arch
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 PUBLISHED = {"trm_sudoku_mlp", "trm_sudoku_att", "trm_maze", "hrm_sudoku", "hrm_maze"}

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import yaml
 
-from puzzles.build import SudokuGenConfig, build_dataset
 from model_core.checkpoint import load_checkpoint
-from training.evaluation import EvalOptions, evaluate_split
+from puzzles.build import build_dataset
+from puzzles.builders import SudokuGenConfig
 from runtime.manifest import dataset_hash
-from training.loop import Trainer
 from tests.integration.helpers import load, read_metrics, run_cli, tiny_overrides, train, train_records
+from training.evaluation import EvalOptions, evaluate_split
+from training.loop import Trainer
 
 STEPS, EVAL_EVERY, CKPT_EVERY, KEEP = 20, 10, 6, 2
 
@@ -50,7 +51,7 @@ def _eval_file(run_dir, step: int) -> dict:
 def test_run_directory_holds_config_manifest_metrics_checkpoints_and_evals(finished_run, easy4):
     run_dir, result = finished_run
     assert result.step == STEPS
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "eval", "manifest.json", "metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "config.yaml", "eval", "manifest.json", "metrics.jsonl"]
     assert sorted(p.name for p in (run_dir / "eval").iterdir()) == ["step_0000010.json", "step_0000020.json"]
 
     # The resolved config: no interpolation left, the data-derived arch fields filled in.

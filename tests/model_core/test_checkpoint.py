@@ -127,3 +127,35 @@ def test_seq_len_unknown_without_data(official_fixture):
     else:
         with pytest.raises(CheckpointError, match="cannot tell the sequence length"):
             load_checkpoint(official_fixture / "run/step_100")
+
+
+def test_non_finite_weights_are_refused_unless_allowed(official_fixture, tmp_path):
+    """One NaN in one tensor: loading names that tensor; the opt-in loads it for inspection."""
+    run = tmp_path / "run"
+    shutil.copytree(official_fixture / "run", run)
+    state = torch.load(run / "step_100", map_location="cpu", weights_only=True)
+    key = next(k for k, v in state.items() if k.endswith("q_head.weight"))
+    state[key] = state[key].clone()
+    state[key].view(-1)[3] = float("nan")
+    torch.save(state, run / "step_100")
+    short = normalize_keys({key: state[key]})
+    (name,) = short
+    with pytest.raises(CheckpointError, match=rf"holds non-finite weights: {name} has 1 NaN/Inf of {state[key].numel()} entries"):
+        load_checkpoint(run / "step_100", seq_len=81)
+    loaded = load_checkpoint(run / "step_100", seq_len=81, allow_non_finite=True)
+    assert torch.isnan(loaded.model.model.inner.q_head.weight).sum() == 1
+
+
+def test_checkpoint_with_code_is_named_as_such(tmp_path):
+    """A pickle that references a function is refused by name, not called corrupt, and not run."""
+    import os  # noqa: PLC0415
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({"w": Payload()}, tmp_path / "step_1")
+    with pytest.raises(CheckpointError, match=r"refusing to unpickle code from .*step_1: it references posix.system") as err:
+        load_checkpoint(tmp_path / "step_1")
+    assert "corrupt" not in str(err.value)
+    assert not (tmp_path / "ran").exists()

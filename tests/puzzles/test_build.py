@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from puzzles.augment import dihedral_transform
-from puzzles.build import (FORMAT_VERSION, MazeGenConfig, MazeHardConfig, SudokuExtremeConfig, SudokuGenConfig,
-                           build_dataset, config_hash, main, parse_config)
+from puzzles.build import FORMAT_VERSION, build_dataset, config_hash, main, parse_config
+from puzzles.builders import MazeGenConfig, MazeHardConfig, SudokuExtremeConfig, SudokuGenConfig
 from puzzles.layout import load_split
 from puzzles.maze import shortest_path_length, valid_path
 from puzzles.sudoku import count_solutions, decode_sudoku, is_valid_solution
@@ -227,7 +227,7 @@ def test_parse_config():
     (["sudoku", "givens=abc"], "error: invalid value for givens: 'abc' (expected int)"),
     (["maze", "unique_path=maybe"], "error: invalid value for unique_path: 'maybe' (expected bool)"),
     (["sudoku", "givens"], "error: expected key=value, got 'givens'"),
-    (["kakuro"], "error: unknown dataset kind 'kakuro' (choose from sudoku, maze, sudoku_extreme, maze_hard)"),
+    (["kakuro"], "error: unknown dataset kind 'kakuro' (choose from sudoku, sudoku_extreme, maze, maze_hard)"),
 ])
 def test_cli_errors(capsys, args, message):
     with pytest.raises(SystemExit) as e:

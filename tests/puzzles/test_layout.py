@@ -138,7 +138,16 @@ def corrupt(dataset: Path, what: str) -> str:
         return f"{split}/all__*.npy: labels hold tokens outside 0..10 (vocab_size 11)"
     if what == "indices":
         np.save(split / "all__puzzle_indices.npy", np.arange(6, dtype=np.int32))
-        return f"{split}/all__*.npy: puzzle_indices must rise from 0 to 6 examples with one entry per puzzle plus one"
+        return f"{split}/all__*.npy: puzzle_indices must rise from 0 to 6 examples (one entry per puzzle plus one)"
+    if what == "short ids":
+        ids = np.load(split / "all__puzzle_identifiers.npy")
+        np.save(split / "all__puzzle_identifiers.npy", ids[:-1])
+        return f"{split}/all__*.npy: puzzle_identifiers has {len(ids) - 1} entries for {len(ids)} puzzles"
+    if what == "negative ids":
+        meta = json.loads((split / "dataset.json").read_text())
+        meta["num_puzzle_identifiers"] = -1
+        (split / "dataset.json").write_text(json.dumps(meta))
+        return f"{split / 'dataset.json'}: field num_puzzle_identifiers is -1, must be at least 1"
     if what == "float dtype":
         np.save(split / "all__inputs.npy", np.ones((6, 81), np.float32))
         return f"{split}/all__*.npy: inputs has dtype float32, expected integers"
@@ -146,7 +155,7 @@ def corrupt(dataset: Path, what: str) -> str:
 
 
 @pytest.mark.parametrize("what", ["no root", "no split", "no dataset.json", "bad json", "missing field", "no array",
-                                  "bad npy", "seq_len", "vocab", "indices", "float dtype"])
+                                  "bad npy", "seq_len", "vocab", "indices", "short ids", "negative ids", "float dtype"])
 def test_load_errors(dataset, what):
     message = corrupt(dataset, what)
     root = dataset / "nope" if what == "no root" else dataset

@@ -22,15 +22,15 @@ import pytest
 import torch
 import yaml
 
-from training import evaluate_job
 from diagnostics.inputs import load_study_inputs
-from runtime import hub
-from training import publish
 from model_core.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint_path
+from runtime import hub
 from runtime.errors import CheckpointError, ConfigError, UserError
-from training.evaluation import run_segments
 from runtime.manifest import sha256_file
 from tests.conftest import OFFICIAL_FIXTURES
+from training import evaluate_job
+from training import publish
+from training.evaluation import run_segments
 
 TRM = OFFICIAL_FIXTURES / "trm_mlp"
 HRM = OFFICIAL_FIXTURES / "hrm"

@@ -96,13 +96,17 @@ def expected_dataset_sha(root):
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def test_dataset_hash_known_value_cache_and_change(tmp_path):
+def test_dataset_hash_known_value_cache_and_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("RRDYN_CACHE_DIR", str(tmp_path / "cache"))
     root = make_dataset(tmp_path / "data")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
     first = mf.dataset_hash(root)
     assert first["sha256"] == expected_dataset_sha(root)
     assert first["files"]["train/all__inputs.npy"] == hashlib.sha256(b"\x01\x02\x03").hexdigest()
-    cache = json.loads((root / mf.HASH_CACHE_NAME).read_text())
-    assert set(cache) == set(first["files"])  # the hidden cache file itself is not hashed
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written into the dataset
+    cache = json.loads(mf.hash_cache_path(root).read_text())
+    assert mf.hash_cache_path(root).is_relative_to(tmp_path / "cache")
+    assert set(cache) == set(first["files"])
     assert mf.dataset_hash(root)["sha256"] == first["sha256"]
 
     # A stale cache entry is ignored once size or mtime differ.

@@ -14,16 +14,16 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from training import evaluate_job
-import pretrain  # noqa: F401  (registers the pretrain schemas)
 from diagnostics.config import DiagnoseConfig
 from diagnostics.report import finish_study, new_figure, save_figure
-from diagnostics.spectrum import SpectrumStudyConfig
+from diagnostics.studies.spectrum import SpectrumStudyConfig
 from runtime.cli import CONF_DIR
 from runtime.errors import ConfigError
 from runtime.logging import DEFAULT_PROJECT, MetricsSink, WandbConfig, checkpoint_run, dashboard_config
-from training.loop import run as train
 from tests.conftest import OFFICIAL_FIXTURES
+from training import evaluate_job
+from training.config import register_configs
+from training.loop import run as train
 
 TRM = OFFICIAL_FIXTURES / "trm_mlp"
 
@@ -115,6 +115,7 @@ def test_train_eval_and_diagnose_runs_share_project_and_group(fake_wandb, tmp_pa
     """Test hypothesis: one experiment's training run (job train, group = experiment name), an
     evaluation of its checkpoint (job eval) and a study of it (job diagnose/spectrum) land in one
     project and group; the study's summary goes up as a one-row table and its figure as an image."""
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         dict_cfg = compose("pretrain", overrides=[
             "arch=trm_debug", "data=path", f"data.path={TRM / 'data'}", f"run_dir={tmp_path / 'run'}", "experiment_name=sweepA",

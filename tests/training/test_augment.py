@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from training.augment import AugmentConfig, TrajectoryAugmenter
 from model_core.core import LatentCarry
-from runtime.errors import ConfigError
 from model_core.registry import build_model
+from runtime.errors import ConfigError
+from training.augment import AugmentConfig, TrajectoryAugmenter
 from trm.config import TRMConfig
 
 B, S, D = 4, 6, 512  # per-rank batch, latent length, width

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.ema import EMA, strip_compile_prefix
 from runtime.errors import CheckpointError
+from training.ema import EMA, strip_compile_prefix
 
 
 class Tiny(nn.Module):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from training import state as ts
 from model_core.act import ACTCarry
 from model_core.core import LatentCarry
 from runtime.errors import CheckpointError
+from training import state as ts
 
 
 def _payload(step: int) -> dict:

@@ -1,0 +1,283 @@
+"""The `displacement` study: how far the latent state still moves late in inference, per example,
+and whether "settled" separates successes from failures (analysis §1, §3).
+
+What is measured: for each sampled test example, the fixed unroll of S ACT segments (default
+`halt_max_steps`; halting recorded, not applied) from the reset carry, and after every segment t
+the drift ||z(t) - z(t-1)||_2 of z_H and of z_L over the whole (P+L) x D tensor
+(`diagnostics.adapters.trajectory.segment_record`). Then:
+
+  1. d_late = mean drift_zH over the last `late_window` segments (default 4).
+  2. Settled = log10 d_late <= log10 tau, with tau from Otsu's method (`otsu_bins`-bin histogram,
+     Otsu 1979) on the pooled log10 d_late of all examples, or a fixed `threshold` (d_late units).
+     Otsu splits any data; its separability eta (between-class / total variance, in [0, 1]) is
+     reported so that a split of unimodal drift (eta well below 1) is not mistaken for settling.
+     **Choice**: d_late values below `drift_floor` (a segment that repeats the state to the last
+     bit gives exactly 0) count as `drift_floor` before the log, so they do not stretch the
+     histogram to -inf; summary.json reports how many were floored.
+  3. The 2x2 table A settled & correct, B settled & wrong, C unsettled & correct, D unsettled &
+     wrong: counts, fractions, and for an empty cell the rule-of-three 95% upper bound on its
+     share of that outcome ("0 of 254 failures settle" -> at most 3/254).
+  4. Sensitivity: the table at thresholds on pooled percentiles of d_late (`percentiles`).
+     Threshold-free: the share of success d_late below the smallest failure d_late.
+  5. AUC(-d_late -> success) (Mann-Whitney, ties averaged) with a seeded bootstrap 95% CI.
+
+Success is `success` ("exact": every labelled cell right; "valid_path", Maze only: a shortest
+S-G path on the unchanged maze), decided after every segment; the final one is at segment S.
+
+Run by `diagnostics.driver.drive`. Outputs in the run directory: `summary.json`, `report.md`,
+`drift_curves.png`, `d_late_hist.png`, `cells.png`, `manifest.json`, `metrics.jsonl`, `shards/`
+(one file per finished batch; a killed run restarted with the same settings resumes and gives
+identical arrays) and `results.npz`, N examples joined by `index` (the same sample as a spectrum
+run with equal n and seed):
+
+    index (N,) int64                position in the test split (seeded sample, sorted)
+    exact (N,) bool                 exact match at the last segment
+    success (N,) bool               success under `success` at the last segment
+    drift_zH, drift_zL (N, S)       per-segment displacement of z_H / z_L, float64
+    d_late (N,) float64             mean drift_zH over the last `late_window` segments
+    exact_by_segment (N, S) bool    exact match after each segment
+    success_by_segment (N, S) bool  success under `success` after each segment
+    q_halt, q_continue (N, S)       halting logits after each segment, float32
+    givens (N,) int64               non-blank input cells (Sudoku: tokens other than pad 0, blank 1)
+
+Known failure modes: in float32 a settled trajectory bottoms out at the precision of the state
+(~1e-7 of ||z||), so settled d_late of float32 and float64 runs differ by orders of magnitude;
+tau is fitted per run. With a handful of examples, or when every example has the same outcome,
+Otsu's tau and the AUC are poorly defined (NaN/None in the summary).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diagnostics.adapters.trajectory import (DRIFT_FLOOR, LATE_WINDOW, OTSU_BINS, check_success_rule, late_drift, segment_record,
+                                             settling_threshold)
+from diagnostics.config import BatchedStudyConfig
+from diagnostics.driver import BatchedRun
+from diagnostics.estimators.statistics import (BOOTSTRAP_SAMPLES, SETTLING_CELLS, auc_with_ci, fraction_below, median_or_none, none_if_nan,
+                                               percentile_sweep, separability, settling_cells, settling_counts)
+from diagnostics.report import markdown_table, new_figure, save_figure, settings_table
+from runtime.errors import ConfigError
+
+FIGURES = {"drift": "drift_curves.png", "hist": "d_late_hist.png", "cells": "cells.png"}
+HEADLINES = (
+    ("tau", "tau", None),
+    ("A settled&correct", "cells.A.count", None),
+    ("B settled&wrong", "cells.B.count", None),
+    ("C unsettled&correct", "cells.C.count", None),
+    ("D unsettled&wrong", "cells.D.count", None),
+    ("AUC(-d_late)", "auc_neg_d_late", "auc_neg_d_late_ci95"),
+)
+SCALARS = ("accuracy", "tau", "median_d_late_success", "median_d_late_failure", "auc_neg_d_late")
+
+
+@dataclass
+class DisplacementStudyConfig(BatchedStudyConfig):
+    """Settings of the `displacement` study (conf/study/displacement.yaml).
+
+    segments: ACT segments unrolled; None = the checkpoint's halt_max_steps (>= 1 otherwise).
+    late_window: trailing segments averaged into d_late.
+    success: "exact" or "valid_path" (Maze only), the success rule.
+    threshold: fixed tau in d_late units; None = Otsu's threshold on pooled log10 d_late.
+    otsu_bins: histogram bins of Otsu's method.
+    percentiles: pooled d_late percentiles (0..100) of the sensitivity sweep.
+    drift_floor: d_late below this counts as this value before log10 (exact zeros).
+    """
+
+    name: str = "displacement"
+    late_window: int = LATE_WINDOW
+    success: str = "exact"
+    threshold: float | None = None
+    otsu_bins: int = OTSU_BINS
+    percentiles: list[float] = field(default_factory=lambda: [float(p) for p in range(5, 100, 5)])
+    drift_floor: float = DRIFT_FLOOR
+
+
+# --- per-batch computation and settings ----------------------------------------------------------------
+
+def per_batch(run: BatchedRun, rows: slice, batch: dict) -> dict[str, np.ndarray]:
+    """The per-example arrays of one batch (results.npz, less d_late)."""
+    return segment_record(run.inputs, rows, batch, run.segments, run.settings.success)
+
+
+def check(run: BatchedRun) -> None:
+    """Refuse settings that cannot run, once S and the dataset are known."""
+    study = run.settings
+    check_success_rule(study.success, run.inputs.kind)
+    if study.otsu_bins < 2 or study.drift_floor <= 0 or (study.threshold is not None and study.threshold <= 0):
+        raise ConfigError(f"study.otsu_bins={study.otsu_bins} must be >= 2, study.drift_floor={study.drift_floor} and "
+                          f"study.threshold={study.threshold} > 0")
+    if any(not 0 <= p <= 100 for p in study.percentiles):
+        raise ConfigError(f"study.percentiles={list(study.percentiles)} must lie in [0, 100]")
+    if not 1 <= study.late_window <= run.segments:
+        raise ConfigError(f"study.late_window={study.late_window} must be in [1, {run.segments}] (the segments unrolled)")
+
+
+def meta(run: BatchedRun) -> dict[str, Any]:
+    """The settings summary.json records (beside the driver's provenance)."""
+    study = run.settings
+    return {"success_rule": study.success, "late_window": study.late_window, "otsu_bins": study.otsu_bins, "drift_floor": study.drift_floor,
+            "vocab_size": run.inputs.metadata.vocab_size}
+
+
+def pooled(run: BatchedRun, results: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """d_late (N,): mean drift_zH over the last `late_window` segments."""
+    return {"d_late": late_drift(results["drift_zH"], run.settings.late_window)}
+
+
+# --- settling statistics ---------------------------------------------------------------------------
+
+def sensitivity_sweep(log_d: np.ndarray, success: np.ndarray, percentiles: list[float]) -> list[dict[str, Any]]:
+    """The 2x2 counts at thresholds on pooled percentiles of log10 d_late (= those of d_late)."""
+    if not len(log_d):
+        return []
+    rows = []
+    for p, t in zip(percentiles, percentile_sweep(log_d, percentiles)):
+        rows.append({"percentile": float(p), "tau": float(10**t), "log10_tau": float(t), **settling_counts(log_d <= t, success)})
+    return rows
+
+
+def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], study: DisplacementStudyConfig, seed: int) -> dict[str, Any]:
+    """summary.json: `meta` plus accuracy, d_late medians, tau, the 2x2 cells, the sweep, the
+    threshold-free statement and AUC(-d_late -> success) with its bootstrap CI."""
+    success = results["success"].astype(bool)
+    d_late = results["d_late"]
+    log_d = np.log10(np.maximum(d_late, study.drift_floor))
+    log_tau, method = settling_threshold(log_d, threshold=study.threshold, drift_floor=study.drift_floor, otsu_bins=study.otsu_bins)
+    settled = log_d <= log_tau  # all False when tau is NaN (fewer than two distinct values)
+    min_failure = float(d_late[~success].min()) if (~success).any() else math.nan
+    below = fraction_below(d_late[success], min_failure)
+    auc_d = auc_with_ci(-d_late, success, seed=seed)
+    return {
+        **meta,
+        "n_success": int(success.sum()),
+        "n_failure": int((~success).sum()),
+        "accuracy": float(success.mean()) if len(success) else None,
+        "accuracy_exact": float(results["exact"].mean()) if len(success) else None,
+        "median_d_late_success": median_or_none(d_late[success]),
+        "median_d_late_failure": median_or_none(d_late[~success]),
+        "n_at_floor": int((d_late < study.drift_floor).sum()),
+        "threshold_method": method,
+        "tau": none_if_nan(10**log_tau),
+        "log10_tau": none_if_nan(log_tau),
+        "separability": none_if_nan(separability(log_d, log_tau)),
+        "cells": settling_cells(settled, success),
+        "sweep": sensitivity_sweep(log_d, success, list(study.percentiles)),
+        "min_failure_d_late": none_if_nan(min_failure),
+        "success_below_min_failure": none_if_nan(below),
+        "auc_neg_d_late": auc_d["auc"],
+        "auc_neg_d_late_ci95": auc_d["ci95"],
+        "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": seed},
+    }
+
+
+# --- figures -----------------------------------------------------------------------------------------
+
+OUTCOMES = ((True, "success", "tab:blue"), (False, "failure", "tab:red"))
+
+
+def plot_drift_curves(results: dict[str, np.ndarray], path: Path, title: str, floor: float) -> Path:
+    """Median and interquartile band of drift_zH and drift_zL per segment, successes vs failures."""
+    success = results["success"].astype(bool)
+    fig = new_figure(10.0, 4.0)
+    for col, key in enumerate(("drift_zH", "drift_zL")):
+        ax = fig.add_subplot(1, 2, col + 1)
+        drift = np.maximum(results[key], floor)
+        t = np.arange(1, drift.shape[1] + 1)
+        for outcome, label, color in OUTCOMES:
+            pick = success == outcome
+            if pick.any():
+                q25, q50, q75 = np.percentile(drift[pick], [25, 50, 75], axis=0)
+                ax.plot(t, q50, color=color, label=f"{label} (n={int(pick.sum())})")
+                ax.fill_between(t, q25, q75, color=color, alpha=0.25)
+        ax.set_yscale("log")
+        ax.set_xlabel("segment")
+        ax.set_ylabel(f"drift of z_{key[-1]}: median and IQR")
+        ax.legend()
+    fig.suptitle(title)
+    fig.subplots_adjust(wspace=0.3)
+    return save_figure(fig, path)
+
+
+def plot_d_late_hist(results: dict[str, np.ndarray], summary: dict[str, Any], path: Path, title: str, floor: float) -> Path:
+    """Histogram of log10 d_late by outcome with the settling threshold tau."""
+    success = results["success"].astype(bool)
+    log_d = np.log10(np.maximum(results["d_late"], floor))
+    fig = new_figure()
+    ax = fig.add_subplot()
+    bins = np.histogram_bin_edges(log_d, bins=40) if len(log_d) else 10
+    for outcome, label, color in OUTCOMES:
+        pick = success == outcome
+        if pick.any():
+            ax.hist(log_d[pick], bins=bins, alpha=0.6, color=color, label=f"{label} (n={int(pick.sum())})")
+    if summary["log10_tau"] is not None:
+        ax.axvline(summary["log10_tau"], color="k", linestyle="--", label=f"tau ({summary['threshold_method']})")
+    ax.set_xlabel("log10 d_late")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_cells(summary: dict[str, Any], path: Path, title: str) -> Path:
+    """The 2x2 settled x outcome table as a heat map of counts, annotated with fractions of n."""
+    cells = summary["cells"]
+    grid = [["A", "B"], ["C", "D"]]
+    counts = np.array([[cells[c]["count"] for c in row] for row in grid])
+    fig = new_figure(4.5, 3.5)
+    ax = fig.add_subplot()
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
+    for i, row in enumerate(grid):
+        for j, c in enumerate(row):
+            frac = cells[c]["fraction"]
+            text = f"{c}: {cells[c]['count']}" + ("" if frac is None else f"\n{100 * frac:.1f}%")
+            ax.text(j, i, text, ha="center", va="center", color="white" if counts[i, j] > counts.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["correct", "wrong"])
+    ax.set_yticks([0, 1], ["settled", "unsettled"])
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def figures(run: BatchedRun, results: dict[str, np.ndarray], summary: dict[str, Any]) -> list[Path]:
+    """The drift curves, the d_late histogram with tau and the 2x2 heat map, in the run directory."""
+    study, name, out = run.settings, run.checkpoint_name, run.out_dir
+    return [
+        plot_drift_curves(results, out / FIGURES["drift"], f"{name}: drift per segment ({run.cfg.dtype})", study.drift_floor),
+        plot_d_late_hist(results, summary, out / FIGURES["hist"], f"{name}: late drift, last {study.late_window} segments", study.drift_floor),
+        plot_cells(summary, out / FIGURES["cells"], f"{name}: settled x outcome"),
+    ]
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+def format_report(summary: dict[str, Any]) -> str:
+    """report.md: settings, results, the 2x2 table, the sensitivity sweep and the figures."""
+    settings = ["checkpoint", "checkpoint_sha256", "n", "segments", "late_window", "success_rule", "threshold_method", "otsu_bins",
+                "drift_floor", "dtype"]
+    results = ["accuracy", "accuracy_exact", "n_success", "n_failure", "median_d_late_success", "median_d_late_failure", "tau",
+               "log10_tau", "separability", "n_at_floor", "min_failure_d_late", "success_below_min_failure", "auc_neg_d_late", "auc_neg_d_late_ci95"]
+
+    cells = [{"cell": c, **{k: "n/a" if v is None else v for k, v in summary["cells"][c].items()}} for c in SETTLING_CELLS]
+    below = summary["success_below_min_failure"]
+    free = "The smallest failure d_late " + ("is undefined (one outcome is empty)." if below is None else
+                                             f"({summary['min_failure_d_late']:.3e}) exceeds {100 * below:.1f}% of success d_late.")
+    return "\n\n".join([
+        "# Late displacement and settling",
+        "## Settings\n\n" + settings_table(summary, settings),
+        "## Results\n\nd_late = mean ||z_H(t) - z_H(t-1)||_2 over the last late_window segments; settled = d_late <= tau; "
+        "separability = Otsu's eta of the split of log10 d_late at tau (near 1: bimodal; low: tau is arbitrary); "
+        "AUC of -d_late for success (Mann-Whitney, ties averaged) with a seeded bootstrap 95% CI.\n\n"
+        + settings_table(summary, results) + "\n\n" + free,
+        "## Settled x outcome\n\nfraction: of all n; fraction_of_outcome: of the successes (A, C) or failures (B, D); "
+        "upper95: rule-of-three bound on that share for an empty cell.\n\n"
+        + markdown_table(cells, ("cell", "label", "count", "fraction", "fraction_of_outcome", "upper95")),
+        f"![2x2]({FIGURES['cells']})",
+        "## Threshold sensitivity\n\nThe 2x2 counts with tau at pooled percentiles of d_late.\n\n"
+        + markdown_table([{**row, "percentile": f"{row['percentile']:g}"} for row in summary["sweep"]],
+                         ("percentile", "tau", "A", "B", "C", "D")),
+        f"![drift per segment]({FIGURES['drift']})\n\n![log10 d_late]({FIGURES['hist']})",
+    ])
