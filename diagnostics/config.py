@@ -48,6 +48,8 @@ class DiagnoseConfig:
     seed: the sample's permutation, and the bootstrap and folds of the statistics.
     dtype: float32 or float64, the precision of the recurrence and its tangents.
     batch_size: examples per forward pass.
+    allow_non_finite: load a checkpoint with NaN/Inf weights (to inspect it; any study still
+        refuses to summarise non-finite exponents or drifts).
     """
 
     study: StudyConfig = MISSING
@@ -58,4 +60,5 @@ class DiagnoseConfig:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 64
+    allow_non_finite: bool = False
     wandb: WandbConfig = field(default_factory=_default_wandb)

@@ -15,7 +15,10 @@ record. The steps, in order:
   5. `batch(run, rows, batch)` for every batch of `batch_size` examples not already on disk,
      each saved as a shard (`diagnostics.shards`; fingerprint = provenance + batch_size + the
      study config), so a killed run restarted with the same settings resumes and ends with
-     identical arrays; the shards are concatenated in batch order into `results`.
+     identical arrays; the shards are concatenated in batch order into `results`. A batch whose
+     `finite` arrays hold NaN or Inf is refused (`NonFiniteError`, naming the examples) before
+     it is saved. SIGINT/SIGTERM stop the run after the batch in flight (`InterruptedStudy`:
+     the finished shards stay, the message says how to resume).
   6. `jobs(run, results)` (optional): a second resumable pass planned from the pooled arrays
      (basin: restarts of the failures), shards under `<out_dir>/<folder>/shards`.
   7. `pooled(run, results)` (optional): per-example arrays computed on the pooled results.
@@ -23,7 +26,8 @@ record. The steps, in order:
      summary.json, report.md, the manifest and the metrics.jsonl / W&B record.
 
 Studies that do not iterate checkpoint batches (stats, validate) give their `run(cfg, out_dir)`
-instead, and `drive` calls it.
+instead, and `drive` calls it. Either way the output directory is locked for the run
+(`runtime.lock`): a second study writing into the same folder stops at once, naming the owner.
 """
 from __future__ import annotations
 
@@ -40,8 +44,10 @@ from diagnostics.inputs import StudyInputs, load_study_inputs, sample_provenance
 from diagnostics.report import config_dict, finish_study
 from diagnostics.shards import ShardStore
 from runtime.dist import resolve_device
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, UserError
+from runtime.lock import DirectoryLock
 from runtime.logging import get_logger, rank0_tqdm
+from runtime.signals import StopSignals
 
 if TYPE_CHECKING:
     from diagnostics.registry import Study
@@ -90,6 +96,30 @@ class Jobs:
     desc: str
 
 
+class NonFiniteError(UserError):
+    """A study's per-example numbers came out NaN or infinite; nothing is summarised from them."""
+
+
+class InterruptedStudy(UserError):
+    """SIGINT or SIGTERM arrived; the batch in flight finished and every finished shard is kept."""
+
+
+def refuse_non_finite(study: str, arrays: dict[str, np.ndarray], keys: Sequence[str], index: np.ndarray) -> None:
+    """Raise NonFiniteError naming the examples (their `index` in the split) whose `keys` arrays
+    (first axis = examples) hold NaN or Inf; `index` (B,) labels the rows."""
+    for key in keys:
+        values = np.asarray(arrays[key], dtype=np.float64)
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            shown = ", ".join(str(int(i)) for i in index[bad][:5]) + (", ..." if bad.sum() > 5 else "")
+            raise NonFiniteError(f"{study}: non-finite {key} for {int(bad.sum())} of {len(bad)} examples (index {shown}); "
+                                 f"nothing summarised. The recurrence overflowed (try dtype=float64 or fewer segments) or the weights are not finite")
+
+
+def resume_hint(out_dir: Path) -> str:
+    return f"rerun the same command with hydra.run.dir={out_dir} to resume"
+
+
 def check_request(cfg: DiagnoseConfig, study: str) -> None:
     """Step 1: refuse what cannot run, before loading anything (one-line ConfigError)."""
     if cfg.checkpoint is None or cfg.data_path is None:
@@ -105,12 +135,19 @@ def drive(study: Study, cfg: DiagnoseConfig, out_dir: str | Path) -> int:
     """Run `study` for `cfg` (whose `study` holds its settings) into `out_dir`; returns the exit
     code (0, or a non-batched study's own). Raises UserError subclasses for bad paths and settings."""
     out_dir = Path(out_dir)
-    if study.run is not None:
-        return study.run(cfg, out_dir)
+    with DirectoryLock(out_dir, purpose=f"study ({study.name})"):
+        if study.run is not None:
+            return study.run(cfg, out_dir)
+        return drive_batches(study, cfg, out_dir)
+
+
+def drive_batches(study: Study, cfg: DiagnoseConfig, out_dir: Path) -> int:
+    """Steps 1-8 for a batched study (the caller holds the directory lock)."""
     check_request(cfg, study.name)
     keep_freed_memory()  # fewer page faults in tangent propagation (see its docstring)
     device = resolve_device(cfg.device)
-    inputs = load_study_inputs(cfg.checkpoint, cfg.data_path, n=cfg.n, seed=cfg.seed, dtype=cfg.dtype, device=device)
+    inputs = load_study_inputs(cfg.checkpoint, cfg.data_path, n=cfg.n, seed=cfg.seed, dtype=cfg.dtype, device=device,
+                               allow_non_finite=cfg.allow_non_finite)
     segments = inputs.arch.halt_max_steps if cfg.study.segments is None else cfg.study.segments
     run = BatchedRun(cfg, inputs, segments, out_dir, device)
     if study.check is not None:
@@ -130,9 +167,17 @@ def drive(study: Study, cfg: DiagnoseConfig, out_dir: str | Path) -> int:
     n_batches = -(-len(inputs.index) // cfg.batch_size)
     log.info("%s: %d examples, %d batches (%d to do), %d segments x %d sub-updates, %s", study.name, len(inputs.index), n_batches,
              sum(not store.done(b) for b in range(n_batches)), segments, n_sub, cfg.dtype)
-    for b, rows, batch in rank0_tqdm(inputs.batches(cfg.batch_size), total=n_batches, desc=study.name):
-        if not store.done(b):
-            store.save(b, study.batch(run, rows, batch))
+    with StopSignals(unit="batch") as signals:
+        for b, rows, batch in rank0_tqdm(inputs.batches(cfg.batch_size), total=n_batches, desc=study.name):
+            if store.done(b):
+                continue
+            if signals.received is not None:
+                done = sum(store.done(i) for i in range(n_batches))
+                raise InterruptedStudy(f"{study.name} interrupted with {done} of {n_batches} batches done; the finished shards in "
+                                       f"{store.dir} are kept; {resume_hint(out_dir)}")
+            arrays = study.batch(run, rows, batch)
+            refuse_non_finite(study.name, arrays, study.finite, inputs.index[rows])
+            store.save(b, arrays)
     results = store.load_all(n_batches)
 
     if study.jobs is not None:
@@ -151,7 +196,13 @@ def run_jobs(jobs: Jobs, out_dir: Path, fingerprint: dict[str, Any], name: str) 
     """Step 6: run the jobs not already on disk, one shard each; returns `jobs.collect` of them all."""
     store = ShardStore(out_dir / jobs.folder, fingerprint)
     log.info("%s: %s, %d jobs (%d to do)", name, jobs.desc, len(jobs.items), sum(not store.done(i) for i in range(len(jobs.items))))
-    for i, item in enumerate(rank0_tqdm(jobs.items, desc=f"{name}: {jobs.desc}")):
-        if not store.done(i):
+    with StopSignals(unit="job") as signals:
+        for i, item in enumerate(rank0_tqdm(jobs.items, desc=f"{name}: {jobs.desc}")):
+            if store.done(i):
+                continue
+            if signals.received is not None:
+                done = sum(store.done(j) for j in range(len(jobs.items)))
+                raise InterruptedStudy(f"{name} interrupted with {done} of {len(jobs.items)} {jobs.desc} jobs done; the finished shards in "
+                                       f"{store.dir} are kept; {resume_hint(out_dir)}")
             store.save(i, jobs.run(item))
     return jobs.collect(store.load_all(len(jobs.items)) if len(jobs.items) else None)

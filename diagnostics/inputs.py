@@ -66,12 +66,14 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def load_study_inputs(checkpoint: str, data_path: str, *, n: int | None, seed: int, dtype: str = "float32",
-                      device: torch.device | str = "cpu", split: str = "test") -> StudyInputs:
-    """Load the model (in `dtype`, eval mode) and the seeded sample of `data_path/split`."""
+                      device: torch.device | str = "cpu", split: str = "test", allow_non_finite: bool = False) -> StudyInputs:
+    """Load the model (in `dtype`, eval mode) and the seeded sample of `data_path/split`; a
+    checkpoint with non-finite weights is refused unless `allow_non_finite`."""
     if dtype not in STUDY_DTYPES:
         raise ConfigError(f"dtype={dtype!r}: diagnostics run in one of {list(STUDY_DTYPES)}")
     data = load_split(data_path, split)
-    loaded = load_checkpoint(checkpoint, seq_len=data.metadata.seq_len, overrides={"forward_dtype": dtype}, device=device)
+    loaded = load_checkpoint(checkpoint, seq_len=data.metadata.seq_len, overrides={"forward_dtype": dtype}, device=device,
+                             allow_non_finite=allow_non_finite)
     check_data_fits(loaded.arch, data.metadata, data, data_path)
     index = select_indices(len(data.inputs), n, seed)
     labels = np.asarray(data.labels[index]).astype(np.int64)

@@ -66,6 +66,8 @@ class Study:
     jobs: `(run, results) -> Jobs`, a second resumable pass (basin's restarts).
     pooled: `(run, results) -> arrays` computed on the pooled results, added to results.npz.
     scalars: summary keys logged as `diag/<metrics_key>/<key>` scalars (metrics.jsonl, W&B).
+    finite: keys of `batch`'s arrays that must be finite; a batch with NaN or Inf there stops
+        the run with the examples named (`diagnostics.driver.NonFiniteError`).
     metrics_key: the study's metric namespace; "" = its name.
     """
 
@@ -83,6 +85,7 @@ class Study:
     jobs: Callable[[BatchedRun, Arrays], Jobs] | None = None
     pooled: Callable[[BatchedRun, Arrays], Arrays] | None = None
     scalars: tuple[str, ...] = ()
+    finite: tuple[str, ...] = ()
     metrics_key: str = ""
 
     def __post_init__(self) -> None:
@@ -104,15 +107,15 @@ class Study:
 STUDIES: dict[str, Study] = {study.name: study for study in (
     Study("spectrum", spectrum.SpectrumStudyConfig, spectrum.HEADLINES, batch=spectrum.per_batch, summarise=spectrum.summarise,
           report=spectrum.format_report, figures=spectrum.figures, check=spectrum.check, meta=spectrum.meta, scalars=spectrum.SCALARS,
-          metrics_key="lyap"),
+          finite=("lambda", "log_r_segment"), metrics_key="lyap"),
     Study("displacement", displacement.DisplacementStudyConfig, displacement.HEADLINES, batch=displacement.per_batch,
           summarise=displacement.summarise, report=displacement.format_report, figures=displacement.figures, check=displacement.check,
-          meta=displacement.meta, pooled=displacement.pooled, scalars=displacement.SCALARS, metrics_key="disp"),
+          meta=displacement.meta, pooled=displacement.pooled, scalars=displacement.SCALARS, finite=("drift_zH", "drift_zL"), metrics_key="disp"),
     Study("extended", extended.ExtendedStudyConfig, extended.HEADLINES, batch=extended.per_batch, summarise=extended.summarise,
           report=extended.format_report, figures=extended.figures, check=extended.check, meta=extended.meta, pooled=extended.pooled,
-          scalars=extended.SCALARS),
+          scalars=extended.SCALARS, finite=("drift_zH", "drift_zL")),
     Study("basin", basin.BasinStudyConfig, basin.HEADLINES, batch=basin.per_batch, summarise=basin.summarise, report=basin.format_report,
-          figures=basin.figures, check=basin.check, meta=basin.meta, jobs=basin.jobs, scalars=basin.SCALARS),
+          figures=basin.figures, check=basin.check, meta=basin.meta, jobs=basin.jobs, scalars=basin.SCALARS, finite=("drift_zH",)),
     Study("stats", stats.StatsStudyConfig, stats.HEADLINES, run=stats.run_stats),
     Study("validate", validate.ValidateStudyConfig, validate.HEADLINES, of_checkpoint=False, run=validate.run_validate),
 )}

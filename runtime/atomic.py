@@ -72,6 +72,30 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return folder
 
 
+def free_space_problem(folder: str | os.PathLike, need_bytes: int, what: str) -> str | None:
+    """Why `what` (about `need_bytes`) will not fit on the filesystem of `folder`, or None."""
+    folder = Path(folder)
+    probe = next((f for f in (folder, *folder.parents) if f.exists()), None)
+    if probe is None:
+        return None
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None
+    if free >= need_bytes:
+        return None
+    return f"cannot write {folder}: {what} needs about {human_bytes(need_bytes)} and {human_bytes(free)} are free on {probe}; {_SPACE}"
+
+
+def human_bytes(n: float) -> str:
+    """"512 B", "3.4 KiB", "120.0 MiB", "1.5 GiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def _default_mode() -> int:
     """Permissions a plain `open(path, "w")` would give: 0o666 minus the process umask."""
     umask = os.umask(0)

@@ -30,9 +30,17 @@ class ConfigError(UserError):
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a `UserError` (and Hydra/OmegaConf config errors) into one line on stderr and exit 2."""
+    """Turn a `UserError` (and Hydra/OmegaConf config errors) into one line on stderr and exit 2,
+    and a Ctrl-C that reaches the top (jobs without a safe stopping point of their own: a dataset
+    build, an evaluation) into one line and exit 130. Those jobs write their outputs atomically,
+    so an interrupt leaves no half-written file; training and the studies stop at their next step
+    or batch instead (`runtime.signals`) and say how to resume."""
     try:
         yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was half-written (outputs are written atomically at the end): rerun the same command to start again",
+              file=sys.stderr)
+        sys.exit(130)

@@ -48,7 +48,7 @@ class DirectoryLock:
             owner = _read_owner(handle)
             handle.close()
             raise DirectoryInUseError(
-                f"{self.directory} is in use by another {self.purpose}: {_describe(owner)}; "
+                f"{self.directory} is in use by another {owner.get('purpose') or self.purpose}: {_describe(owner)}; "
                 f"wait for it to finish (or stop it) or choose another directory"
             ) from None
         handle.seek(0)

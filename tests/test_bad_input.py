@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from puzzles.build import build_dataset
 from puzzles.builders import MazeGenConfig, SudokuGenConfig
+from runtime.lock import DirectoryLock
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_RUN = REPO / "tests" / "fixtures" / "official" / "trm_mlp" / "run"
@@ -87,6 +89,26 @@ def prepare_scratch(tmp: Path) -> None:
     (tmp / "oldrun" / "checkpoints" / "step_0000010.pt").write_bytes(b"")
     build_dataset(MazeGenConfig(out=str(tmp / "maze"), size=5, min_path=2, n_train=2, n_test=2))
     build_dataset(SudokuGenConfig(out=str(tmp / "sudoku4"), size=4, givens=8, n_train=2, n_test=2))
+    state = torch.load(FIXTURE_RUN / "step_100", map_location="cpu", weights_only=True)
+    key = next(k for k in state if k.endswith("layers.0.mlp.down_proj.weight"))
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")  # one NaN weight: every state after the first sub-update is NaN
+    for folder, payload in (("nan", state), ("code", {"w": RunsCode()})):
+        (tmp / folder).mkdir()
+        torch.save(payload, tmp / folder / "step_100")
+        shutil.copy(FIXTURE_RUN / "all_config.yaml", tmp / folder)
+    (tmp / "busy").mkdir()
+    BUSY_LOCKS.append(DirectoryLock(tmp / "busy").acquire())  # held by this pytest process until it exits
+
+
+class RunsCode:
+    """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this ran",))
+
+
+BUSY_LOCKS: list[DirectoryLock] = []
 
 
 def command_line(row: Row, tmp: Path) -> tuple[list[str], dict[str, str]]:

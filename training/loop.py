@@ -20,9 +20,7 @@ import dataclasses
 import math
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,11 +38,12 @@ from puzzles.build import build_dataset
 from puzzles.dataset import LoaderConfig, PuzzleDataset
 from puzzles.layout import read_metadata
 from runtime import dist as rdist
-from runtime.atomic import atomic_write_text
+from runtime.atomic import atomic_write_text, free_space_problem
 from runtime.errors import CheckpointError, ConfigError, DatasetError, UserError
 from runtime.lock import DirectoryLock
 from runtime.logging import MetricsSink, dashboard_config, get_logger, rank0_tqdm
 from runtime.manifest import build_manifest, write_manifest
+from runtime.signals import StopSignals
 from training import state as ts
 from training.augment import TrajectoryAugmenter
 from training.config import PretrainConfig
@@ -78,40 +77,6 @@ def resume_command(run_dir: Path) -> str:
     resume set (`torchrun ...` launchers add their own prefix)."""
     keep = [a for a in sys.argv[1:] if not a.split("=", 1)[0].lstrip("+") in ("run_dir", "resume")]
     return " ".join(["python", "pretrain.py", *map(shlex.quote, keep), shlex.quote(f"run_dir={run_dir}"), "resume=auto"])
-
-
-class StopSignals:
-    """Turn SIGINT/SIGTERM into a flag the loop reads between steps (main thread only).
-
-    The first signal asks the loop to finish its step, checkpoint and stop; a second one restores
-    the default handler behaviour (KeyboardInterrupt / termination) for a user who insists.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            self.restore()
-            signal.raise_signal(signum)
-            return
-        self.received = signum
-        log.warning("%s received: finishing the current step and saving a checkpoint (again to abort)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
 
 
 @dataclasses.dataclass
@@ -511,6 +476,12 @@ def take_run_lock(run_dir: Path, info: rdist.DistInfo) -> DirectoryLock | None:
     return lock
 
 
+def checkpoint_size_estimate(model: torch.nn.Module) -> int:
+    """Bytes a full checkpoint may take: the weights four times (weights, two AdamATan2 moments,
+    the EMA copy), an upper bound checked against the free space before the first step."""
+    return 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def data_change(resume: tuple[Path, dict] | None, manifest: dict[str, Any], allowed: bool) -> str | None:
     """Why resuming on this dataset is refused (None when it is the checkpoint's, or allowed)."""
     if resume is None:
@@ -580,7 +551,8 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
         problem = None
         if info.is_main:  # hash the dataset (cached) and compare it with the resumed checkpoint's
             trainer.manifest = build_manifest(config=trainer.config, dataset_dir=data_root, device=str(info.device))
-            problem = data_change(resume, trainer.manifest, cfg.allow_data_change)
+            problem = data_change(resume, trainer.manifest, cfg.allow_data_change) or free_space_problem(
+                run_dir, checkpoint_size_estimate(trainer.model), "a checkpoint (weights, optimizer moments, EMA)")
         problem = rdist.broadcast_object(problem)
         if problem:
             raise ConfigError(problem)

@@ -32,6 +32,7 @@ killed run resumes with identical results), and `results.npz`:
 
     index (N,) int64                       sampled positions in the test split (sorted)
     success_by_segment (N, S_b) bool       base (unperturbed) success after each segment
+    drift_zH (N, S_b) float64              base ||z_H(t) - z_H(t-1)|| per segment (finite, checked)
     sigmas (n_sigma,) float64              the noise levels, in units of std(H_init)
     tested_index (M,) int64                examples restarted: failures, then controls mixed in
     tested_failure (M,) bool               True for a segment-S failure, False for a control
@@ -55,7 +56,7 @@ import torch
 from diagnostics.adapters.step_map import SubUpdateMap
 from diagnostics.adapters.trajectory import check_success_rule, first_solved_after, record_rollout, sample_success
 from diagnostics.config import BatchedStudyConfig
-from diagnostics.driver import BatchedRun, Jobs
+from diagnostics.driver import BatchedRun, Jobs, refuse_non_finite
 from diagnostics.estimators.statistics import BOOTSTRAP_SAMPLES, bootstrap_ci, none_if_nan, rule_of_three
 from diagnostics.inputs import StudyInputs
 from diagnostics.report import markdown_table, new_figure, save_figure, settings_table
@@ -142,6 +143,7 @@ def restart_job(inputs: StudyInputs, positions: np.ndarray, sigma_index: int, st
     z0 = smap.initial_state()
     noise = restart_noise(inputs.index[positions], sigma, reps, tuple(z0.shape[1:]), study.noise_seed, z0.dtype) if sigma else None
     traj = record_rollout(smap, study.segments_basin, perturb(z0, noise, sigma, scale, study.where))
+    refuse_non_finite(f"basin (sigma {sigma:g})", {"drift_zH": traj.drift_zH.cpu().numpy()}, ("drift_zH",), inputs.index[rep_pos])
     success = sample_success(inputs, rep_pos, traj.readouts.preds.cpu().numpy(), study.success)
     solved = success[:, segments - 1].reshape(len(positions), reps)
     first = first_solved_after(success, 0).reshape(len(positions), reps)
@@ -354,10 +356,12 @@ def meta(run: BatchedRun) -> dict[str, Any]:
 
 
 def per_batch(run: BatchedRun, rows: slice, batch: dict) -> dict[str, np.ndarray]:
-    """Step 1, one batch: index and the base success after each of S_b segments (B, S_b)."""
+    """Step 1, one batch: index, the base success after each of S_b segments (B, S_b) and the
+    base drift of z_H (B, S_b), which must be finite (a NaN state has an argmax answer too)."""
     traj = record_rollout(SubUpdateMap(run.inputs.core, batch), run.settings.segments_basin)
     return {"index": run.inputs.index[rows].astype(np.int64),
-            "success_by_segment": sample_success(run.inputs, rows, traj.readouts.preds.cpu().numpy(), run.settings.success)}
+            "success_by_segment": sample_success(run.inputs, rows, traj.readouts.preds.cpu().numpy(), run.settings.success),
+            "drift_zH": traj.drift_zH.cpu().numpy()}
 
 
 def jobs(run: BatchedRun, base: dict[str, np.ndarray]) -> Jobs:

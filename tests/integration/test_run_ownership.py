@@ -8,13 +8,16 @@ temporary file behind.
 """
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
+from runtime.errors import ConfigError
 from training import state as ts
 from tests.integration.helpers import (
     REPO, assert_same, cli_env, load, read_metrics, tiny_overrides, train, train_records, training_state,
@@ -137,3 +140,19 @@ def test_changing_only_the_evaluation_sample_does_not_block_a_resume(sudoku4, tm
     train(tiny_overrides(sudoku4, run_dir, "max_steps=3", "data.eval_n=16"))
     result = train(tiny_overrides(sudoku4, run_dir, "max_steps=5", "resume=auto", "data.eval_n=32", "data.eval_batch_size=8"))
     assert result.step == 5
+
+
+def test_too_little_disk_for_a_checkpoint_is_refused_before_the_first_step(sudoku4, tmp_path, monkeypatch):
+    """The free space is compared with a checkpoint's size before training (simulated: a
+    filesystem with 100 KiB free); nothing is trained and the line names both sizes."""
+    from runtime import atomic  # noqa: PLC0415
+    from training.loop import checkpoint_size_estimate  # noqa: PLC0415
+
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: real._replace(free=100 * 1024))
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"^cannot write {run_dir}: a checkpoint \(weights, optimizer moments, EMA\) needs about 211.5 KiB "
+                                          rf"and 100.0 KiB are free on .*; free some space or choose another folder$"):
+        train(tiny_overrides(sudoku4, run_dir, "max_steps=3"))
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+    assert checkpoint_size_estimate(torch.nn.Linear(10, 10)) == 4 * 110 * 4
