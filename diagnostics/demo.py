@@ -30,6 +30,7 @@ from pathlib import Path
 
 from diagnostics.registry import STUDIES
 from diagnostics.report import new_figure, save_figure
+from diagnostics.verdict import format_verdict
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: stages run pretrain.py and evaluate.py from here
 STUDY_ORDER = tuple(name for name, study in STUDIES.items() if study.of_checkpoint)  # registry order
@@ -74,8 +75,9 @@ def run(cmd: list[str], env: dict[str, str]) -> None:
         sys.exit(code)
 
 
-def study_commands(out: Path, plan: DemoPlan, checkpoint: Path, data: Path) -> dict[str, list[str]]:
-    """The diagnostics commands, keyed by study name (each writes into OUT/studies/<name>)."""
+def study_commands(out: Path, plan: DemoPlan, checkpoint: Path, data: Path, studies: list[str]) -> dict[str, list[str]]:
+    """The diagnostics commands, keyed by study name (each writes into OUT/studies/<name>);
+    stats joins the other `studies` run here."""
     py = sys.executable
     common = [f"checkpoint={checkpoint}", f"data_path={data}", "seed=0", "wandb.mode=${oc.env:WANDB_MODE,offline}"]
 
@@ -87,7 +89,7 @@ def study_commands(out: Path, plan: DemoPlan, checkpoint: Path, data: Path) -> d
         "displacement": cmd("displacement", f"n={plan.n}"),
         "extended": cmd("extended", f"n={plan.extended_n}", "study.segments_ext=32"),
         "basin": cmd("basin", f"n={plan.basin_n}", "study.restarts=3", "study.sigmas=[0.0,0.3,1.0]", "study.segments_basin=16"),
-        "stats": cmd("stats", f"n={plan.n}", f"study.inputs=[{out / 'studies' / 'spectrum'},{out / 'studies' / 'displacement'}]"),
+        "stats": cmd("stats", f"n={plan.n}", "study.inputs=[" + ",".join(str(out / "studies" / name) for name in studies if name != "stats") + "]"),
     }
 
 
@@ -99,10 +101,16 @@ def link_figures(report: str, study: str) -> str:
 
 
 def write_report(out: Path, studies: list[str], eval_dir: Path, train_dir: Path) -> Path:
-    """OUT/report.md: training and evaluation figures, then each study's own report."""
+    """OUT/report.md: the verdict (`diagnostics.verdict`, from the studies' summaries), the
+    training and evaluation figures, then each study's own report."""
     metrics = json.loads((eval_dir / "metrics.json").read_text())
+    summaries = {study: json.loads(path.read_text()) for study in studies if (path := out / "studies" / study / "summary.json").exists()}
     lines = [
         "# rrdyn demo report",
+        "",
+        format_verdict(summaries).rstrip(),
+        "",
+        "## The model",
         "",
         f"Checkpoint `{train_dir / 'checkpoints' / 'last.pt'}`, evaluated on {metrics.get('count')} test puzzles "
         f"({metrics.get('segments')} segments, no halting):",
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (eval_dir / "metrics.json").exists():
         run([py, "evaluate.py", f"checkpoint={checkpoint}", f"data_path={data}", f"output_dir={eval_dir}", f"n={plan.eval_n}", "seed=0"], env)
 
-    commands = study_commands(out, plan, checkpoint, data)
+    commands = study_commands(out, plan, checkpoint, data, studies)
     for i, study in enumerate(studies, 1):
         say(f"4/5 study {i}/{len(studies)}: {study}")
         if not (out / "studies" / study / "summary.json").exists():

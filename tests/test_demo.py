@@ -56,3 +56,20 @@ def test_rerun_skips_finished_stages(demo_out):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (demo_out / "train" / "checkpoints" / "last.pt").stat().st_mtime_ns == before
     assert "$ " not in proc.stdout  # no stage command was run again
+
+
+def test_report_starts_with_the_verdict_from_the_studies(demo_out):
+    """The verdict's counts are the studies' own: failures at the budget from the displacement
+    summary, fates from the extended summary, each with its n."""
+    report = (demo_out / "report.md").read_text()
+    assert report.startswith("# rrdyn demo report\n\n## Verdict\n\n")
+    disp = json.loads((demo_out / "studies" / "displacement" / "summary.json").read_text())
+    ext = json.loads((demo_out / "studies" / "extended" / "summary.json").read_text())
+    verdict = report.split("## The model")[0]
+    if disp["n_failure"]:
+        settled = disp["cells"]["B"]["count"]
+        assert f"- {settled} of {disp['n_failure']} failures (" in verdict
+    if ext["n_failure_at_budget"]:
+        later = ext["fate_counts"]["solved_later"]
+        assert f"- {later} of {ext['n_failure_at_budget']} failures (" in verdict and "are solved later" in verdict
+    assert "Published values (analysis.md §9" in verdict

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 from scipy.special import expit
-from scipy.stats import rankdata
+from scipy.stats import binomtest, rankdata
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -95,6 +95,19 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mu1 = np.divide(m0[-1] + counts[-1] * centers[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
     between = w0 * w1 * (mu0 - mu1) ** 2
     return float(edges[1:-1][int(np.argmax(between))])
+
+
+def proportion_with_ci(count: int, n: int) -> dict[str, int | float | list[float] | None]:
+    """{"count", "n", "fraction", "ci95"}: count of n with its 95% Wilson score interval
+    (`scipy.stats.binomtest(...).proportion_ci("wilson")`), which stays inside [0, 1] and is not
+    empty at 0 of n (0 of 254 gives [0, 0.0149]); fraction and ci95 are None when n = 0."""
+    count, n = int(count), int(n)
+    if not 0 <= count <= n:
+        raise ValueError(f"count {count} outside 0..{n}")
+    if n == 0:
+        return {"count": 0, "n": 0, "fraction": None, "ci95": None}
+    ci = binomtest(count, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return {"count": count, "n": n, "fraction": count / n, "ci95": [float(ci.low), float(ci.high)]}
 
 
 def rule_of_three(n: int) -> float:

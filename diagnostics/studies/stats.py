@@ -1,11 +1,14 @@
 """The `stats` study: the statistics of analysis §4 over the saved per-example arrays of a
 `spectrum` run and a `displacement` run of the same checkpoint and sample, joined by `index`.
 
-    python -m diagnostics study=stats 'study.inputs=[SPECTRUM_DIR,DISPLACEMENT_DIR]'
+    python -m diagnostics study=stats 'study.inputs=[SPECTRUM_DIR,DISPLACEMENT_DIR[,EXTENDED_DIR][,BASIN_DIR]]'
 
-Nothing is recomputed from the model. The two runs must share the checkpoint (sha256), split,
-sample seed, segments and the examples themselves (index and givens arrays); anything else is
-refused in one line. Where both runs hold an array (exact, q_halt), the displacement run's is
+Nothing is recomputed from the model. The two runs must share the checkpoint (sha256), dataset
+(content sha256), split, sample seed, size, segments, dtype and the examples themselves (index
+and givens arrays); an extended or basin run, optional, must share the checkpoint, dataset, split
+and dtype. Anything else is refused in one line. The report opens with the verdict
+(`diagnostics.verdict`): the failures' fates from the displacement run (and the extended and
+basin runs when given) with Wilson intervals, and the AUCs below. Where both runs hold an array (exact, q_halt), the displacement run's is
 used (a plain rollout, no tangent arithmetic); `n_exact_disagree` counts examples whose final
 exact match differs between the two (float32 round-off can flip a borderline cell).
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ from diagnostics.config import StudyConfig
 from diagnostics.estimators.statistics import (BOOTSTRAP_SAMPLES, auc_with_ci, bhattacharyya_gaussian, cohens_d, cross_validated_probabilities,
                                                histogram_overlap, none_if_nan, quantile_bins, stratified_auc, stratified_folds)
 from diagnostics.report import finish_study, markdown_table, new_figure, save_figure
+from diagnostics.verdict import answer, findings, format_verdict
 from runtime.dist import resolve_device
 from runtime.errors import ConfigError, UserError
 from runtime.logging import get_logger
@@ -58,8 +63,11 @@ from runtime.logging import get_logger
 log = get_logger("diagnostics.stats")
 FIGURE = "auc_forest.png"
 INPUT_STUDIES = ("spectrum", "displacement")
-# summary.json keys that must agree between the joined runs
-SAMPLE_KEYS = ("checkpoint_sha256", "data_sha256", "split", "seed", "n", "segments")
+VERDICT_STUDIES = ("extended", "basin")  # optional inputs: their summaries join the verdict
+# summary.json keys that must agree between the joined spectrum and displacement runs
+SAMPLE_KEYS = ("checkpoint_sha256", "data_sha256", "split", "seed", "n", "segments", "dtype")
+# ... and with an extended or basin run (their own sample size and budget are theirs)
+MODEL_KEYS = ("checkpoint_sha256", "data_sha256", "split", "dtype")
 HEADLINES = (
     ("AUC(-lambda1)", "auc.lambda1.auc", "auc.lambda1.ci95"),
     ("AUC(-d_late)", "auc.d_late.auc", "auc.d_late.ci95"),
@@ -125,12 +133,15 @@ def load_run(path: str | Path) -> StudyRun:
     return StudyRun(path, summary, arrays)
 
 
-def pair_runs(runs: list[StudyRun]) -> tuple[StudyRun, StudyRun]:
-    """(spectrum, displacement) of `runs`, refusing anything but one of each on the same sample."""
+def pair_runs(runs: list[StudyRun]) -> tuple[StudyRun, StudyRun, dict[str, StudyRun]]:
+    """(spectrum, displacement, {extended/basin: run}) of `runs`: one spectrum and one
+    displacement run of the same checkpoint, dataset and sample, plus at most one extended and one
+    basin run of the same checkpoint and dataset (for the verdict); anything else is refused."""
     by_study: dict[str, StudyRun] = {}
     for run in runs:
-        if run.study not in INPUT_STUDIES:
-            raise ConfigError(f"{run.path} is a {run.study} run; study.inputs takes one spectrum and one displacement run")
+        if run.study not in INPUT_STUDIES + VERDICT_STUDIES:
+            raise ConfigError(f"{run.path} is a {run.study} run; study.inputs takes one spectrum and one displacement run "
+                              f"(and optionally one extended and one basin run)")
         if run.study in by_study:
             raise ConfigError(f"study.inputs holds two {run.study} runs ({by_study[run.study].path}, {run.path}); give one of each")
         by_study[run.study] = run
@@ -138,15 +149,17 @@ def pair_runs(runs: list[StudyRun]) -> tuple[StudyRun, StudyRun]:
     if missing:
         raise ConfigError(f"study=stats needs a spectrum and a displacement run in study.inputs=[DIR,DIR]; missing: {', '.join(missing)}")
     spec, disp = by_study["spectrum"], by_study["displacement"]
-    for key in SAMPLE_KEYS:
-        a, b = spec.summary.get(key), disp.summary.get(key)
-        if a != b:
-            a, b = (str(a)[:12], str(b)[:12]) if key.endswith("sha256") else (a, b)
-            raise ConfigError(f"{spec.path} and {disp.path} differ in {key} ({a} vs {b}): stats joins runs of the same checkpoint and sample")
+    extras = {name: by_study[name] for name in VERDICT_STUDIES if name in by_study}
+    for other, keys, what in [(disp, SAMPLE_KEYS, "checkpoint and sample")] + [(run, MODEL_KEYS, "checkpoint and dataset") for run in extras.values()]:
+        for key in keys:
+            a, b = spec.summary.get(key), other.summary.get(key)
+            if a != b:
+                a, b = (str(a)[:12], str(b)[:12]) if key.endswith("sha256") else (a, b)
+                raise ConfigError(f"{spec.path} and {other.path} differ in {key} ({a} vs {b}): stats joins runs of the same {what}")
     for key in ("index", "givens"):
         if not np.array_equal(spec.arrays[key], disp.arrays[key]):
             raise ConfigError(f"{spec.path} and {disp.path} hold different examples ({key} differs): stats joins runs of the same sample")
-    return spec, disp
+    return spec, disp, extras
 
 
 # --- statistics ----------------------------------------------------------------------------------------
@@ -272,6 +285,7 @@ def format_report(summary: dict[str, Any]) -> str:
     delta = "n/a" if logistic["delta_auc"] is None else f"{logistic['delta_auc']:+.4f}"
     return "\n\n".join([
         "# Statistics of lambda, drift and halting confidence",
+        summary["verdict_markdown"].rstrip(),
         "Inputs: " + ", ".join(f"`{p}`" for p in summary["inputs"]),
         "## Settings\n\n" + markdown_table(_na(settings), ("quantity", "value")),
         "## AUCs for success\n\nMann-Whitney AUC (ties averaged) of each score for success; `-x` means low x predicts success. "
@@ -320,7 +334,7 @@ def run_stats(cfg: Any, out_dir: Path) -> int:
     out_dir = Path(out_dir)
     study = cfg.study
     _check(study)
-    spec, disp = pair_runs([load_run(p) for p in study.inputs])
+    spec, disp, extras = pair_runs([load_run(p) for p in study.inputs])
     segments = spec.summary["segments"]
     if not 1 <= study.early_window <= segments:
         raise ConfigError(f"study.early_window={study.early_window} must be in [1, {segments}] (the segments of the inputs)")
@@ -330,7 +344,7 @@ def run_stats(cfg: Any, out_dir: Path) -> int:
     stats, arrays = compute_stats(spec, disp, study, seed=cfg.seed)
     summary = {
         "study": "stats",
-        "inputs": [str(spec.path), str(disp.path)],
+        "inputs": [str(spec.path), str(disp.path), *(str(run.path) for run in extras.values())],
         "checkpoint": spec.summary.get("checkpoint"),
         **{key: spec.summary.get(key) for key in SAMPLE_KEYS},
         "success_rule": study.success,
@@ -344,6 +358,10 @@ def run_stats(cfg: Any, out_dir: Path) -> int:
     summary["auc_neg_d_late"] = summary["auc"]["d_late"]["auc"]
     summary["auc_q_halt"] = summary["auc"]["q_halt"]["auc"]
     summary["auc_decile_matched"] = summary["decile_matched"]["auc"]
+    verdict_inputs = {"displacement": disp.summary, "stats": summary, **{name: run.summary for name, run in extras.items()}}
+    summary["verdict"] = [dataclasses.asdict(f) for f in findings(verdict_inputs)]
+    summary["verdict_answer"] = answer(findings(verdict_inputs))
+    summary["verdict_markdown"] = format_verdict(verdict_inputs)
     figure = plot_aucs(summary, out_dir / FIGURE)
     finish_study(out_dir, cfg, study="stats", summary=summary, report=format_report(summary), results=arrays, figures=[figure],
                  scalars=SCALARS, checkpoint=None,

@@ -15,7 +15,7 @@ from scipy.stats import norm
 
 from diagnostics.__main__ import run_study
 from diagnostics.config import DiagnoseConfig
-from diagnostics.estimators.statistics import (auc, bhattacharyya_gaussian, cohens_d, cross_validated_probabilities, fit_logistic, histogram_overlap,
+from diagnostics.estimators.statistics import (auc, bhattacharyya_gaussian, proportion_with_ci, cohens_d, cross_validated_probabilities, fit_logistic, histogram_overlap,
                                     quantile_bins, stratified_auc, stratified_folds)
 from diagnostics.studies.displacement import DisplacementStudyConfig
 from diagnostics.studies.spectrum import SpectrumStudyConfig
@@ -223,6 +223,30 @@ def test_inputs_that_do_not_match_are_refused_in_one_line(tmp_path):
         with pytest.raises(error, match=message) as e:
             run_stats(cfg, tmp_path / "out")
         assert "\n" not in str(e.value)
+
+
+def test_report_opens_with_the_verdict_including_an_extended_run(tmp_path):
+    """An extended run of the same checkpoint (its own n) joins the verdict: its fates, with
+    Wilson intervals, decide the answer; one with another dtype is refused."""
+    spec, disp, a = synthetic_runs(tmp_path)
+    n_fail = int((~a["success"]).sum())
+    settled_wrong = int(((a["d_late"] <= 1e-3) & ~a["success"]).sum())
+    summary = json.loads((disp / "summary.json").read_text())  # the displacement study's own counts
+    (disp / "summary.json").write_text(json.dumps({**summary, "n_failure": n_fail, "cells": {"B": {"count": settled_wrong}}}))
+    ext_summary = {"study": "extended", "checkpoint_sha256": "ab" * 32, "split": "test", "dtype": "float32", "segments": 6,
+                   "survival_segments": [6, 32], "n_failure_at_budget": 50, "fate_counts": {"solved_later": 10, "settled_wrong": 2, "churning": 38}}
+    ext = write_run(tmp_path / "extended", ext_summary, {"index": np.arange(60)})
+    assert run_stats(stats_config(spec, disp, ext), tmp_path / "out") == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.startswith("# Statistics of lambda, drift and halting confidence\n\n## Verdict\n\n**Failures are mostly trajectories that never settle")
+    found = {f["key"]: f for f in s["verdict"]}
+    assert (found["settled_wrong"]["count"], found["settled_wrong"]["n"]) == (2, 50)
+    assert found["settled_wrong"]["ci95"] == pytest.approx(proportion_with_ci(2, 50)["ci95"])
+    assert (found["settled_at_budget"]["count"], found["settled_at_budget"]["n"]) == (settled_wrong, n_fail) and found["auc_neg_lambda1"]["value"] == pytest.approx(auc(-a["lambda"][:, 0], a["success"]))
+    write_run(tmp_path / "extended64", {**ext_summary, "dtype": "float64"}, {"index": np.arange(60)})
+    with pytest.raises(ConfigError, match=r"differ in dtype \(float32 vs float64\): stats joins runs of the same checkpoint and dataset"):
+        run_stats(stats_config(spec, disp, tmp_path / "extended64"), tmp_path / "out2")
 
 
 def test_config_composes_typed_and_rejects_mistyped_keys():
