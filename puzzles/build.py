@@ -1,12 +1,14 @@
 """Build puzzle datasets in the official layout: `python -m puzzles.build KIND key=value ...`.
 
 KIND is one of
-- `sudoku`: generated 9x9 (or 6x6/4x4) puzzles with `givens` givens and a unique solution;
+- `sudoku`: generated 9x9 (or 6x6/4x4) puzzles with `givens` givens (or a uniform mix of
+  givens..givens_max) and a unique solution;
 - `maze`: generated `size` x `size` mazes with a shortest path of at least `min_path` moves;
 - `sudoku_extreme`, `maze_hard`: the published sets (hub, or a local `source_dir`).
 
 Examples:
     python -m puzzles.build sudoku out=data/sudoku-45 n_train=20000 n_test=1000 givens=45 seed=0
+    python -m puzzles.build sudoku out=data/sudoku-mixed n_train=20000 n_test=1000 givens=30 givens_max=50
     python -m puzzles.build maze out=data/maze-small size=12 min_path=20 n_train=500 n_test=100
     python -m puzzles.build sudoku_extreme out=data/sudoku-extreme-1k-aug-1000 subsample=1000 num_aug=1000
 
@@ -38,7 +40,7 @@ from puzzles.kinds import BUILDERS, builder_for
 from puzzles.layout import content_hash, write_dataset
 from runtime.errors import ConfigError, DatasetError, exit_on_user_error
 
-FORMAT_VERSION = 1  # bump when generated content changes for the same config
+FORMAT_VERSION = 2  # bump when generated content changes for the same config (2: per-example givens/rating files)
 
 
 BuildConfig = Union[SudokuGenConfig, MazeGenConfig, SudokuExtremeConfig, MazeHardConfig]
@@ -74,6 +76,9 @@ def _check_common(cfg: BuildConfig) -> None:
             raise ConfigError(f"{name}={value} must be at least 1")
     if cfg.num_aug < 0:
         raise ConfigError(f"num_aug={cfg.num_aug} must be >= 0")
+    givens_max = getattr(cfg, "givens_max", None)
+    if givens_max is not None and givens_max < cfg.givens:
+        raise ConfigError(f"givens_max={givens_max} must be >= givens={cfg.givens} (each puzzle draws its givens from givens..givens_max)")
 
 
 def _existing(out: Path, identity: dict) -> bool:
@@ -89,7 +94,12 @@ def _existing(out: Path, identity: dict) -> bool:
     if found != identity:
         old = found["config"] if isinstance(found["config"], dict) else {}
         diffs = [f"{k}={old.get(k)!r} where {v!r} was asked" for k, v in identity["config"].items() if old.get(k) != v]
-        detail = ", ".join(diffs) if found["kind"] == identity["kind"] and diffs else f"kind {found['kind']}"
+        if found["kind"] == identity["kind"] and diffs:
+            detail = ", ".join(diffs)
+        elif found["kind"] == identity["kind"] and found["format_version"] != identity["format_version"]:
+            detail = f"written by generator format {found['format_version']}, this one writes format {identity['format_version']}"
+        else:
+            detail = f"kind {found['kind']}"
         raise DatasetError(f"output directory {out} already holds a different dataset ({detail}); "
                            f"choose another out= or delete it")
     if content_hash(out) != info.get("content_sha256"):

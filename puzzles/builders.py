@@ -28,13 +28,17 @@ Splits = dict[str, dict[str, PuzzleArrays]]
 
 @dataclass
 class SudokuGenConfig:
-    """Generated Sudoku (see `puzzles.sudoku`)."""
+    """Generated Sudoku (see `puzzles.sudoku`). `givens` givens per puzzle, or with `givens_max`
+    a mix: each puzzle (train and test alike) draws its count uniformly from givens..givens_max.
+    Each example's givens and solver rating are written beside the arrays (`<set>__givens.npy`,
+    `<set>__rating.npy`; an augmented copy carries its original's)."""
 
     out: str = "data/sudoku-{hash}"
     n_train: int = 1000
     n_test: int = 200
     seed: int = 0
     givens: int = 45
+    givens_max: Optional[int] = None
     size: int = 9  # 9, or 6/4 for unit tests
     num_aug: int = 0  # augmented copies per train puzzle
 
@@ -86,8 +90,9 @@ class MazeHardConfig:
 
 
 def _sudoku_splits(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], num_aug: int,
-                   rng: np.random.Generator) -> Splits:
-    """Digit grids (0 blank) -> official arrays; train rows repeat 1 + num_aug times per group."""
+                   rng: np.random.Generator, extras: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})) -> Splits:
+    """Digit grids (0 blank) -> official arrays; train rows repeat 1 + num_aug times per group.
+    `extras` (train, test): per-puzzle arrays written beside them (repeated like the rows)."""
     puzzles, solutions = train
     rows = np.repeat(np.arange(len(puzzles)), 1 + num_aug)
     p, s = puzzles[rows], solutions[rows]
@@ -95,8 +100,11 @@ def _sudoku_splits(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray,
     for start in range(0, len(augmented), _AUG_CHUNK):  # chunks bound the index arrays' memory
         sel = augmented[start:start + _AUG_CHUNK]
         p[sel], s[sel] = augment_sudoku(rng, p[sel], s[sel])
-    return {"train": {"all": PuzzleArrays.one_example_per_puzzle(encode_sudoku(p), encode_sudoku(s), 1 + num_aug)},
-            "test": {"all": PuzzleArrays.one_example_per_puzzle(encode_sudoku(test[0]), encode_sudoku(test[1]))}}
+    train_arrays = PuzzleArrays.one_example_per_puzzle(encode_sudoku(p), encode_sudoku(s), 1 + num_aug)
+    test_arrays = PuzzleArrays.one_example_per_puzzle(encode_sudoku(test[0]), encode_sudoku(test[1]))
+    train_arrays.extras = {name: arr[rows] for name, arr in extras[0].items()}
+    test_arrays.extras = dict(extras[1])
+    return {"train": {"all": train_arrays}, "test": {"all": test_arrays}}
 
 
 def _maze_splits(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], num_aug: int,
@@ -147,10 +155,14 @@ def _check_maze_aug(num_aug: int) -> None:
 
 def build_sudoku(cfg: SudokuGenConfig, download: hub.Download | None = None) -> tuple[Splits, int]:
     """Generated Sudoku with unique solutions; vocabulary size + 2."""
-    puzzles, solutions, _ = generate_sudoku(cfg.n_train + cfg.n_test, cfg.givens, cfg.seed, cfg.size)
+    n = cfg.n_train + cfg.n_test
+    givens = cfg.givens if cfg.givens_max is None else np.random.default_rng([cfg.seed, 3]).integers(cfg.givens, cfg.givens_max + 1, n)
+    puzzles, solutions, ratings = generate_sudoku(n, givens, cfg.seed, cfg.size)
+    per_puzzle = {"givens": (puzzles != 0).sum(1).astype(np.int16), "rating": ratings}
     split = cfg.n_train
+    extras = ({k: v[:split] for k, v in per_puzzle.items()}, {k: v[split:] for k, v in per_puzzle.items()})
     splits = _sudoku_splits((puzzles[:split], solutions[:split]), (puzzles[split:], solutions[split:]), cfg.num_aug,
-                            np.random.default_rng([cfg.seed, 1]))
+                            np.random.default_rng([cfg.seed, 1]), extras)
     return splits, cfg.size + 2
 
 

@@ -8,6 +8,13 @@
     <root>/<split>/<set>__puzzle_indices.npy   (N_puzzles + 1,) int32 example offsets
     <root>/<split>/<set>__group_indices.npy    (N_groups + 1,) int32 puzzle offsets
 
+Generated sets may add per-example arrays beside these (`PuzzleArrays.extras`), e.g.
+
+    <root>/<split>/<set>__givens.npy           (N_examples,) int16 givens of each Sudoku
+    <root>/<split>/<set>__rating.npy           (N_examples,) int64 solver backtracks (difficulty)
+
+which the official loaders ignore (they open the five files above by name); `load_extras` reads them.
+
 Files are written as the official builders write them (`json.dump` with default separators,
 `np.save`), so the same puzzles give byte-identical files. HRM's dataset.json lacks
 `total_puzzles`; it is read as optional.
@@ -19,7 +26,7 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -68,6 +75,7 @@ class PuzzleArrays:
     puzzle_identifiers: np.ndarray
     puzzle_indices: np.ndarray
     group_indices: np.ndarray
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)  # name -> (N_examples,) array, written as <set>__<name>.npy
 
     @classmethod
     def one_example_per_puzzle(cls, inputs: np.ndarray, labels: np.ndarray, group_size: int = 1) -> "PuzzleArrays":
@@ -155,7 +163,13 @@ def _official_arrays(value: PuzzleArrays | Mapping[str, np.ndarray]) -> PuzzleAr
         if arr.size and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
             raise ValueError(f"{name} values do not fit {np.dtype(dtype).name}")
         out[name] = np.ascontiguousarray(arr, dtype=dtype)
-    return PuzzleArrays(**out)
+    extras = {} if isinstance(value, Mapping) else dict(value.extras)
+    for name, arr in extras.items():
+        if name in FIELDS or not name.isidentifier():
+            raise ValueError(f"extra array name {name!r} must be an identifier other than {', '.join(FIELDS)}")
+        if len(arr) != len(out["inputs"]):
+            raise ValueError(f"extra array {name!r} has {len(arr)} entries for {len(out['inputs'])} examples")
+    return PuzzleArrays(**out, extras={name: np.ascontiguousarray(arr) for name, arr in extras.items()})
 
 
 def write_dataset(root: str | Path, splits: Mapping[str, Mapping[str, PuzzleArrays | Mapping[str, np.ndarray]]],
@@ -191,6 +205,8 @@ def write_dataset(root: str | Path, splits: Mapping[str, Mapping[str, PuzzleArra
             for set_name, arrays in sets.items():
                 for name in FIELDS:
                     _write_npy(tmp / split / f"{set_name}__{name}.npy", getattr(arrays, name))
+                for name, extra in arrays.extras.items():
+                    _write_npy(tmp / split / f"{set_name}__{name}.npy", extra)
         _write_bytes(tmp / "identifiers.json", json.dumps(list(identifiers)).encode())
         digest = content_hash(tmp)
         if build_info is not None:
@@ -296,6 +312,22 @@ def _check(split: PuzzleSplit, where: Path, set_name: str) -> None:
     for name, arr in (("inputs", x), ("labels", y)):
         if arr.size and (arr.min() < 0 or arr.max() >= meta.vocab_size):
             fail(f"{name} hold tokens outside 0..{meta.vocab_size - 1} (vocab_size {meta.vocab_size})")
+
+
+def load_extras(root: str | Path, split: str, set_name: str = "all") -> dict[str, np.ndarray]:
+    """The per-example arrays a generator wrote beside the official files of one set (name ->
+    (N_examples,) array; empty for official datasets). DatasetError for one of the wrong length."""
+    where = Path(root) / split
+    n = len(_load_array(where / f"{set_name}__inputs.npy", True))
+    extras = {}
+    for path in sorted(where.glob(f"{set_name}__*.npy")):
+        name = path.name[len(set_name) + 2:-4]
+        if name in FIELDS:
+            continue
+        extras[name] = _load_array(path, False)
+        if len(extras[name]) != n:
+            raise DatasetError(f"{path} has {len(extras[name])} entries for {n} examples")
+    return extras
 
 
 def load_split(root: str | Path, split: str, set_name: str = "all") -> PuzzleSplit:

@@ -251,7 +251,8 @@ def _local_search(p, s, n, rows, cols, boxes, state, target, iters, drop):
 
 @njit(cache=True)
 def _generate(seeds, givens, n, rows, cols, boxes, attempts, iters, drop, puzzles, solutions):
-    """Fill `puzzles`/`solutions` (len(seeds), n*n); returns (len(seeds),) bool success flags."""
+    """Fill `puzzles`/`solutions` (len(seeds), n*n) with givens[i] givens each (givens: (len(seeds),)
+    int64); returns (len(seeds),) bool success flags."""
     nc = n * n
     state = np.zeros(1, np.uint64)
     empty = np.zeros(nc, np.int8)
@@ -266,8 +267,8 @@ def _generate(seeds, givens, n, rows, cols, boxes, attempts, iters, drop, puzzle
             _search(empty, n, rows, cols, boxes, 1, -1, 0, state, True, buf)
             solutions[i, :] = buf[0]
             puzzles[i, :] = buf[0]
-            count = _blank_greedily(puzzles[i], n, rows, cols, boxes, state, givens, buf)
-            if count == givens:
+            count = _blank_greedily(puzzles[i], n, rows, cols, boxes, state, givens[i], buf)
+            if count == givens[i]:
                 ok[i] = True
                 break
             if count < best_count:
@@ -277,7 +278,7 @@ def _generate(seeds, givens, n, rows, cols, boxes, attempts, iters, drop, puzzle
         if not ok[i] and iters > 0:
             puzzles[i, :] = best
             solutions[i, :] = best_sol
-            ok[i] = _local_search(puzzles[i], best_sol, n, rows, cols, boxes, state, givens, iters, drop) == givens
+            ok[i] = _local_search(puzzles[i], best_sol, n, rows, cols, boxes, state, givens[i], iters, drop) == givens[i]
     return ok
 
 
@@ -385,13 +386,14 @@ def _from_known_17(givens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return puzzle, solution
 
 
-def generate_sudoku(n: int, givens: int, seed: int, size: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_sudoku(n: int, givens: int | np.ndarray, seed: int, size: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate `n` Sudoku puzzles with exactly one solution and exactly `givens` givens.
 
     Args:
         n: number of puzzles.
-        givens: filled cells per puzzle (9x9: 17..81; 6x6: 9..36; 4x4: 4..16).
-        seed: puzzle i depends only on (seed, i); the same seed gives identical arrays.
+        givens: filled cells per puzzle (9x9: 17..81; 6x6: 9..36; 4x4: 4..16), one count for all
+            or an (n,) array of per-puzzle counts (mixed difficulty).
+        seed: puzzle i depends only on (seed, i) and its givens; the same seed gives identical arrays.
         size: 9, 6 or 4.
     Returns:
         puzzles (n, size*size) int8 with 0 = blank, solutions (n, size*size) int8,
@@ -401,28 +403,32 @@ def generate_sudoku(n: int, givens: int, seed: int, size: int = 9) -> tuple[np.n
     """
     if size not in BOXES:
         raise ConfigError(f"Sudoku size must be 4, 6 or 9, got {size}")
-    lo, hi = GIVENS_RANGE[size]
-    if not lo <= givens <= hi:
-        raise ConfigError(f"givens={givens} is out of range for {size}x{size} Sudoku (allowed {lo}..{hi})")
     if n < 0:
         raise ConfigError(f"number of puzzles must be >= 0, got {n}")
+    counts = np.broadcast_to(np.asarray(givens, dtype=np.int64), (n,)).copy()
+    lo, hi = GIVENS_RANGE[size]
+    for g in np.unique(counts):
+        if not lo <= g <= hi:
+            raise ConfigError(f"givens={g} is out of range for {size}x{size} Sudoku (allowed {lo}..{hi})")
+    label = str(int(counts[0])) if n and (counts == counts[0]).all() else (f"{counts.min()}..{counts.max()}" if n else "-")
     seeds = puzzle_seeds(seed, n)
     puzzles = np.zeros((n, size * size), np.int8)
     solutions = np.zeros((n, size * size), np.int8)
     ok = np.zeros(n, dtype=bool)
-    direct = size != 9 or givens >= _FALLBACK_BELOW
-    if direct:
+    direct = np.flatnonzero((counts >= _FALLBACK_BELOW) | (size != 9))
+    if len(direct):
         geo = _geometry(size)
-        starts = range(0, n, _CHUNK)
-        for s in progress_bar(starts, desc=f"sudoku {size}x{size} givens={givens}", unit_scale=_CHUNK,
-                      disable=None if n > 4 * _CHUNK else True):
-            sl = slice(s, s + _CHUNK)
-            ok[sl] = _generate(seeds[sl], givens, size, *geo, _GREEDY_ATTEMPTS, _LOCAL_ITERS, _LOCAL_DROP,
-                               puzzles[sl], solutions[sl])
+        starts = range(0, len(direct), _CHUNK)
+        for s in progress_bar(starts, desc=f"sudoku {size}x{size} givens={label}", unit_scale=_CHUNK,
+                              disable=None if len(direct) > 4 * _CHUNK else True):
+            rows = direct[s:s + _CHUNK]
+            p, q = puzzles[rows], solutions[rows]
+            ok[rows] = _generate(seeds[rows], counts[rows], size, *geo, _GREEDY_ATTEMPTS, _LOCAL_ITERS, _LOCAL_DROP, p, q)
+            puzzles[rows], solutions[rows] = p, q
     missing = np.flatnonzero(~ok)
     if len(missing) and size != 9:
-        raise ConfigError(f"could not generate a {size}x{size} Sudoku with {givens} givens; use more givens")
-    for i in progress_bar(missing, desc=f"sudoku from known 17-given puzzles, givens={givens}",
-                  disable=None if len(missing) > 100 else True):
-        puzzles[i], solutions[i] = _from_known_17(givens, int(seeds[i]))
+        raise ConfigError(f"could not generate a {size}x{size} Sudoku with {label} givens; use more givens")
+    for i in progress_bar(missing, desc=f"sudoku from known 17-given puzzles, givens={label}",
+                          disable=None if len(missing) > 100 else True):
+        puzzles[i], solutions[i] = _from_known_17(int(counts[i]), int(seeds[i]))
     return puzzles, solutions, np.asarray(rate(puzzles), dtype=np.int64).reshape(n)

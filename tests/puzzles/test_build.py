@@ -14,9 +14,9 @@ import pytest
 from puzzles.augment import dihedral_transform
 from puzzles.build import FORMAT_VERSION, build_dataset, config_hash, main, parse_config
 from puzzles.builders import MazeGenConfig, MazeHardConfig, SudokuExtremeConfig, SudokuGenConfig
-from puzzles.layout import load_split
+from puzzles.layout import load_extras, load_split
 from puzzles.maze import shortest_path_length, valid_path
-from puzzles.sudoku import count_solutions, decode_sudoku, is_valid_solution
+from puzzles.sudoku import count_solutions, decode_sudoku, is_valid_solution, rate
 from runtime.errors import ConfigError, DatasetError
 
 from .conftest import all_files, sudoku_rows, write_csv
@@ -94,8 +94,29 @@ def test_generated_sudoku(tmp_path):
     assert train.inputs.min() >= 1 and train.inputs.max() <= 10 and train.labels.min() >= 2
     info = json.loads((out / "build.json").read_text())
     assert info["kind"] == "sudoku" and info["seed"] == 4 and info["format_version"] == FORMAT_VERSION
-    assert info["config"] == {"n_train": 20, "n_test": 6, "seed": 4, "givens": 30, "size": 9, "num_aug": 2}
+    assert info["config"] == {"n_train": 20, "n_test": 6, "seed": 4, "givens": 30, "givens_max": None, "size": 9, "num_aug": 2}
     assert len(info["content_sha256"]) == 64
+
+
+def test_mixed_givens_are_drawn_per_puzzle_and_recorded_beside_the_arrays(tmp_path):
+    """givens=24 givens_max=40: each puzzle's givens lie in 24..40, both splits mix them, and
+    <set>__givens.npy / <set>__rating.npy hold each example's count and the solver's rating
+    (augmented copies repeat their original's); the official five files are unchanged."""
+    cfg = SudokuGenConfig(out=str(tmp_path / "m"), n_train=60, n_test=40, givens=24, givens_max=40, num_aug=1, seed=2)
+    out = build_dataset(cfg)
+    for split, n in (("train", 120), ("test", 40)):
+        arrays, extras = load_split(out, split), load_extras(out, split)
+        puzzles = decode_sudoku(arrays.inputs)
+        assert sorted(extras) == ["givens", "rating"] and len(extras["givens"]) == n
+        np.testing.assert_array_equal((puzzles > 0).sum(1), extras["givens"])
+        np.testing.assert_array_equal(count_solutions(puzzles), 1)
+        assert extras["givens"].min() >= 24 and extras["givens"].max() <= 40 and len(np.unique(extras["givens"])) >= 8
+    test_puzzles = decode_sudoku(load_split(out, "test").inputs)
+    np.testing.assert_array_equal(load_extras(out, "test")["rating"], rate(test_puzzles))
+    train_rating = load_extras(out, "train")["rating"]
+    np.testing.assert_array_equal(train_rating[0::2], train_rating[1::2])  # group = original + its copy
+    with pytest.raises(ConfigError, match=r"givens_max=20 must be >= givens=24"):
+        build_dataset(SudokuGenConfig(out=str(tmp_path / "bad"), givens=24, givens_max=20))
 
 
 def test_generated_maze(tmp_path):
@@ -223,7 +244,7 @@ def test_parse_config():
 
 @pytest.mark.parametrize("args,message", [
     (["sudoku", "givenz=3"], "error: unknown key 'givenz' for sudoku (known keys: out, n_train, n_test, seed, givens, "
-                             "size, num_aug)"),
+                             "givens_max, size, num_aug)"),
     (["sudoku", "givens=abc"], "error: invalid value for givens: 'abc' (expected int)"),
     (["maze", "unique_path=maybe"], "error: invalid value for unique_path: 'maybe' (expected bool)"),
     (["sudoku", "givens"], "error: expected key=value, got 'givens'"),
