@@ -17,18 +17,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from diagnostics.config import DiagnoseConfig
-from diagnostics.driver import drive
-from diagnostics.registry import get_study, register_configs
+from diagnostics.registry import register_configs, run_study
 from runtime.cli import hydra_cli
 from runtime.errors import exit_on_user_error
 
 register_configs()
-
-
-def run_study(cfg: DiagnoseConfig, out_dir: Path) -> int:
-    """Run the study named `cfg.study.name` into `out_dir`; returns its exit code."""
-    return drive(get_study(cfg.study.name), cfg, out_dir)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="diagnose")

@@ -7,7 +7,7 @@ Stages (each one a real command a user can run alone, printed before it runs):
   1. data      python -m puzzles.build sudoku ...        generated 9x9 Sudoku, unique solutions
   2. train     python pretrain.py experiment=sudoku_tiny   tiny TRM-MLP, checkpoints + metrics.jsonl
   3. evaluate  python evaluate.py ...                      metrics.json + predictions.npz
-  4. studies   python -m diagnostics study=...             spectrum, displacement, extended, basin, stats
+  4. studies   python -m diagnostics study=...             spectrum, displacement, extended, basin, clv, stats
   5. report    OUT/report.md                               every study's report and figures in one page
 
 Every stage writes into OUT (default outputs/demo/<date>_<time>); a stage whose outputs already
@@ -34,6 +34,7 @@ from diagnostics.verdict import format_verdict
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: stages run pretrain.py and evaluate.py from here
 STUDY_ORDER = tuple(name for name, study in STUDIES.items() if study.of_checkpoint)  # registry order
+STATS_INPUTS = ("spectrum", "displacement", "extended", "basin")  # what study=stats joins for the verdict
 
 
 @dataclass
@@ -42,18 +43,20 @@ class DemoPlan:
 
     n_train: int = 20000
     n_test: int = 1000
-    givens: int = 40
-    train_seconds: float = 240.0
-    max_steps: int = 1500
+    givens: int = 34  # each puzzle draws its givens from givens..givens_max: a difficulty mix
+    givens_max: int = 54
+    train_seconds: float = 300.0
+    max_steps: int = 600
     eval_n: int = 512
-    n: int = 256
-    extended_n: int = 128
-    basin_n: int = 64
-    extra_train: list[str] = field(default_factory=lambda: ["data.eval_n=256"])
+    n: int = 512  # spectrum, displacement, stats: >= 100 failures at ~75% accuracy
+    extended_n: int = 512
+    basin_n: int = 192
+    clv_n: int = 64
+    extra_train: list[str] = field(default_factory=lambda: ["data.eval_n=128"])
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(n_train=400, n_test=64, train_seconds=20.0, max_steps=20, eval_n=64, n=32, extended_n=16, basin_n=16,
+        return cls(n_train=400, n_test=64, train_seconds=20.0, max_steps=20, eval_n=64, n=32, extended_n=16, basin_n=16, clv_n=8,
                    extra_train=["global_batch_size=32", "checkpoint_interval=10"])
 
 
@@ -89,7 +92,8 @@ def study_commands(out: Path, plan: DemoPlan, checkpoint: Path, data: Path, stud
         "displacement": cmd("displacement", f"n={plan.n}"),
         "extended": cmd("extended", f"n={plan.extended_n}", "study.segments_ext=32"),
         "basin": cmd("basin", f"n={plan.basin_n}", "study.restarts=3", "study.sigmas=[0.0,0.3,1.0]", "study.segments_basin=16"),
-        "stats": cmd("stats", f"n={plan.n}", "study.inputs=[" + ",".join(str(out / "studies" / name) for name in studies if name != "stats") + "]"),
+        "clv": cmd("clv", f"n={plan.clv_n}", "study.k=2"),
+        "stats": cmd("stats", f"n={plan.n}", "study.inputs=[" + ",".join(str(out / "studies" / name) for name in studies if name in STATS_INPUTS) + "]"),
     }
 
 
@@ -189,16 +193,17 @@ def main(argv: list[str] | None = None) -> None:
     say(f"output folder {out}")
 
     data = out / "data"
-    say(f"1/5 data: {plan.n_train} train + {plan.n_test} test 9x9 Sudoku with {plan.givens} givens")
+    say(f"1/5 data: {plan.n_train} train + {plan.n_test} test 9x9 Sudoku with {plan.givens}..{plan.givens_max} givens")
     if not (data / "test" / "dataset.json").exists():
         run([py, "-m", "puzzles.build", "sudoku", f"out={data}", f"n_train={plan.n_train}", f"n_test={plan.n_test}",
-             f"givens={plan.givens}", "seed=0"], env)
+             f"givens={plan.givens}", f"givens_max={plan.givens_max}", "seed=0"], env)
 
     train_dir = out / "train"
     checkpoint = train_dir / "checkpoints" / "last.pt"
     say(f"2/5 train: tiny TRM-MLP, at most {plan.train_seconds:.0f} s of training (tqdm shows the rate)")
     if not checkpoint.exists() or not (train_dir / "done").exists():
-        recipe = [f"data.build.out={data}", f"data.build.n_train={plan.n_train}", f"data.build.n_test={plan.n_test}", f"data.build.givens={plan.givens}"]
+        recipe = [f"data.build.out={data}", f"data.build.n_train={plan.n_train}", f"data.build.n_test={plan.n_test}", f"data.build.givens={plan.givens}",
+                  f"data.build.givens_max={plan.givens_max}"]
         run([py, "pretrain.py", "experiment=sudoku_tiny", *recipe, f"run_dir={train_dir}", "resume=auto",
              f"max_train_seconds={plan.train_seconds}", f"max_steps={plan.max_steps}", *plan.extra_train], env)
         (train_dir / "done").write_text("")

@@ -36,8 +36,8 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 
 from diagnostics.config import BatchedStudyConfig, DiagnoseConfig, StudyConfig
-from diagnostics.driver import BatchedRun, Jobs
-from diagnostics.studies import basin, displacement, extended, spectrum, stats, validate
+from diagnostics.driver import BatchedRun, Jobs, drive
+from diagnostics.studies import basin, clv, displacement, extended, spectrum, stats, validate
 from runtime.errors import ConfigError
 
 # (column of the collect table, dotted key of the value in summary.json, dotted key of its
@@ -106,8 +106,8 @@ class Study:
 
 STUDIES: dict[str, Study] = {study.name: study for study in (
     Study("spectrum", spectrum.SpectrumStudyConfig, spectrum.HEADLINES, batch=spectrum.per_batch, summarise=spectrum.summarise,
-          report=spectrum.format_report, figures=spectrum.figures, check=spectrum.check, meta=spectrum.meta, scalars=spectrum.SCALARS,
-          finite=("lambda", "log_r_segment"), metrics_key="lyap"),
+          report=spectrum.format_report, figures=spectrum.figures, check=spectrum.check, meta=spectrum.meta, pooled=spectrum.pooled,
+          scalars=spectrum.SCALARS, finite=("lambda", "log_r_segment"), metrics_key="lyap"),
     Study("displacement", displacement.DisplacementStudyConfig, displacement.HEADLINES, batch=displacement.per_batch,
           summarise=displacement.summarise, report=displacement.format_report, figures=displacement.figures, check=displacement.check,
           meta=displacement.meta, pooled=displacement.pooled, scalars=displacement.SCALARS, finite=("drift_zH", "drift_zL"), metrics_key="disp"),
@@ -116,6 +116,8 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
           scalars=extended.SCALARS, finite=("drift_zH", "drift_zL")),
     Study("basin", basin.BasinStudyConfig, basin.HEADLINES, batch=basin.per_batch, summarise=basin.summarise, report=basin.format_report,
           figures=basin.figures, check=basin.check, meta=basin.meta, jobs=basin.jobs, scalars=basin.SCALARS, finite=("drift_zH",)),
+    Study("clv", clv.ClvStudyConfig, clv.HEADLINES, batch=clv.per_batch, summarise=clv.summarise, report=clv.format_report, figures=clv.figures,
+          check=clv.check, meta=clv.meta, scalars=clv.SCALARS, finite=("angles", "angle_min", "angle_median", "lambda")),
     Study("stats", stats.StatsStudyConfig, stats.HEADLINES, run=stats.run_stats),
     Study("validate", validate.ValidateStudyConfig, validate.HEADLINES, of_checkpoint=False, run=validate.run_validate),
 )}
@@ -127,6 +129,12 @@ def get_study(name: str) -> Study:
     if study is None:
         raise ConfigError(f"study {name!r} has no runner; available: {', '.join(STUDIES)}")
     return study
+
+
+def run_study(cfg: DiagnoseConfig, out_dir: str | Path) -> int:
+    """Run the study named `cfg.study.name` into `out_dir` (what `python -m diagnostics` does
+    after composing the config); returns its exit code."""
+    return drive(get_study(cfg.study.name), cfg, Path(out_dir))
 
 
 def register_configs() -> None:

@@ -109,6 +109,15 @@ def findings(summaries: Mapping[str, Summary]) -> list[Finding]:
                              f"settle on a wrong answer by segment {horizon} (never solved, late drift below tau)"))
         out.append(_fraction("still_moving", int(counts.get("churning", 0)), n_fail, "extended",
                              f"are neither solved nor settled at segment {horizon}: still moving"))
+        attractors = ext.get("attractor_counts")
+        if attractors:
+            fixed, periodic = int(attractors.get("fixed_point", 0)), int(attractors.get("periodic", 0))
+            periods = ", ".join(f"{count} of period {p}" for p, count in (ext.get("periods") or {}).items()) or "none"
+            out.append(_fraction("wrong_attractor", fixed + periodic, n_fail, "extended",
+                                 f"are trapped in a wrong attractor at segment {horizon}: {fixed} at a fixed point, {periodic} on a "
+                                 f"periodic orbit ({periods}; recurrence test, relative tolerance {ext.get('recurrence_tol')})"))
+            out.append(_fraction("aperiodic", int(attractors.get("aperiodic", 0)), n_fail, "extended",
+                                 f"are never solved and neither fixed nor periodic up to period {ext.get('max_period')}: aperiodic"))
     basin = summaries.get("basin")
     if basin and basin.get("n_failures") and basin.get("hard_core_ever_count") is not None:
         sigmas = [row["sigma"] for row in basin.get("per_sigma", [])]
@@ -140,15 +149,17 @@ def findings(summaries: Mapping[str, Summary]) -> list[Finding]:
 
 
 def answer(found: list[Finding]) -> str:
-    """The one-line answer to the project's question, from the settled fraction (extended if
-    present, else displacement at the budget): stated only when its 95% CI lies on one side of
-    1/2, else "not decided at this n"."""
+    """The one-line answer to the project's question, from the fraction of failures in a wrong
+    attractor (the extended study's recurrence test; without it its drift-settled fraction, else
+    the displacement study's at the budget): stated only when its 95% CI lies on one side of 1/2,
+    else "not decided at this n"."""
     by_key = {f.key: f for f in found}
-    settled = by_key.get("settled_wrong") or by_key.get("settled_at_budget")
+    settled = by_key.get("wrong_attractor") or by_key.get("settled_wrong") or by_key.get("settled_at_budget")
     if settled is None or settled.ci95 is None:
         return "No verdict: the displacement or extended study is missing, or it saw no failures."
     lo, hi = settled.ci95
-    where = f"{settled.count} of {settled.n} settle on a wrong answer ({settled.source})"
+    what = "are in a wrong attractor (fixed or periodic)" if settled.key == "wrong_attractor" else "settle on a wrong answer"
+    where = f"{settled.count} of {settled.n} {what} ({settled.source})"
     if hi < 0.5:
         return f"**Failures are mostly trajectories that never settle, not wrong attractors**: {where}, 95% CI {_pct(lo)}-{_pct(hi)}."
     if lo > 0.5:

@@ -5,7 +5,7 @@ Test hypothesis: every module's imports, at module level and inside functions, o
 - the model core (`model_core`) imports none of trm, hrm, puzzles, diagnostics, training, archs;
 - the runtime package imports no other package of the project;
 - no import cycle between top-level packages (the data flows one way);
-- nothing imports the entry points `pretrain.py` or `evaluate.py` (tests included);
+- nothing imports the entry points `pretrain.py`, `evaluate.py` or `diagnostics/__main__.py` (tests included);
 - the estimators (`diagnostics.estimators`, the Lyapunov estimator among them) import no model code;
 - no study module (`diagnostics.studies.*`) imports another.
 Each rule also has a negative test on a synthetic tree, so a rule that can never fire is caught.
@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("model_core", "training", "runtime", "puzzles", "trm", "hrm", "diagnostics", "archs", "pretrain", "evaluate")
 ENTRY_POINTS = ("pretrain", "evaluate")
+ENTRY_MODULES = ("diagnostics.__main__",)  # `python -m diagnostics`
 MODEL_CODE = ("model_core", "trm", "hrm", "archs", "training", "puzzles")
 SKIP_DIRS = {".venv", ".git", "outputs", "multirun", "data", "__pycache__", "wandb", "build"}
 
@@ -109,7 +110,7 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
                 found.append(f"model core imports {top(target)}: {module} imports {target}")
             if _in(module, "runtime") and top(target) != "runtime":
                 found.append(f"runtime imports the project: {module} imports {target}")
-            if top(target) in ENTRY_POINTS and top(module) not in ENTRY_POINTS:
+            if (top(target) in ENTRY_POINTS and top(module) not in ENTRY_POINTS) or (target in ENTRY_MODULES and module != target):
                 found.append(f"entry point imported: {module} imports {target}")
             if _in(module, "diagnostics.estimators") and top(target) in MODEL_CODE:
                 found.append(f"estimator imports model code: {module} imports {target}")
@@ -181,6 +182,7 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
     ({"puzzles/layout.py": "from training import config\n"}, "import cycle between packages"),
     ({"diagnostics/report.py": "import pretrain\n"}, "entry point imported"),
     ({"tests/test_cli.py": "from evaluate import EvaluateConfig\n"}, "entry point imported"),
+    ({"tests/test_study.py": "from diagnostics.__main__ import run_study\n"}, "entry point imported"),
     ({"diagnostics/estimators/lyapunov.py": "from model_core.layers import rms_norm\n"}, "estimator imports model code"),
     ({"diagnostics/estimators/statistics.py": "def f():\n    from trm import SPEC\n"}, "estimator imports model code"),
     ({"diagnostics/studies/basin.py": "from diagnostics.studies.spectrum import helper\n"}, "study imports another study"),

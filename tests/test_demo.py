@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ("spectrum", "displacement", "extended", "basin", "stats")
+STUDIES = ("spectrum", "displacement", "extended", "basin", "clv", "stats")
 
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:

@@ -47,11 +47,14 @@ DRIFT_FLOOR = 1e-10  # drift below this counts as this before log10 (exact zeros
 
 @dataclass
 class Trajectory:
-    """Per-segment read-outs and drift of one batch's rollout; `state` is the final (B, 2, S, D)."""
+    """Per-segment read-outs and drift of one batch's rollout; `state` is the final (B, 2, S, D);
+    `late_zH` (B, K, S, D) float64 is z_H after each of the last K segments (None unless asked)."""
 
     readouts: SegmentReadouts
     drift: Tensor
     state: Tensor
+    late_zH: Tensor | None = None
+    norm_zH: Tensor | None = None  # (B, S) float64 ||z_H(t)|| after each segment
 
     @property
     def drift_zH(self) -> Tensor:
@@ -63,8 +66,9 @@ class Trajectory:
 
 
 @torch.no_grad()
-def record_rollout(smap: SubUpdateMap, segments: int, z0: Tensor | None = None) -> Trajectory:
-    """Roll `segments` segments from z0 (default: the reset carry), recording read-outs and drift.
+def record_rollout(smap: SubUpdateMap, segments: int, z0: Tensor | None = None, keep_last: int = 0) -> Trajectory:
+    """Roll `segments` segments from z0 (default: the reset carry), recording read-outs and drift,
+    and z_H after each of the last `keep_last` segments (for the recurrence test).
 
     The states visited are exactly those of `diagnostics.adapters.step_map.rollout` (same sub-update
     schedule, same arithmetic); only the per-segment drift is added.
@@ -75,13 +79,18 @@ def record_rollout(smap: SubUpdateMap, segments: int, z0: Tensor | None = None) 
     z = smap.initial_state() if z0 is None else z0
     log = ReadoutLog()
     drift = torch.empty(z.shape[0], segments, 2, dtype=torch.float64, device=z.device)
+    norm = torch.empty(z.shape[0], segments, dtype=torch.float64, device=z.device)
+    late = []
     for t in range(segments):
         start = z
         for _ in range(smap.sub_updates_per_segment):
             z = smap.step(z)
         drift[:, t] = (z - start).to(torch.float64).flatten(2).norm(dim=-1)
+        norm[:, t] = z[:, 0].to(torch.float64).flatten(1).norm(dim=-1)
         log.add(smap.core, z)
-    return Trajectory(log.stacked(), drift, z)
+        if t >= segments - keep_last:
+            late.append(z[:, 0].to(torch.float64))
+    return Trajectory(log.stacked(), drift, z, torch.stack(late, 1) if late else None, norm)
 
 
 # --- success rules -------------------------------------------------------------------------------
@@ -132,14 +141,18 @@ def givens_count(inputs: np.ndarray) -> np.ndarray:
     return ((inputs != SUDOKU_PAD) & (inputs != SUDOKU_BLANK)).sum(-1).astype(np.int64)
 
 
-def segment_record(inputs: StudyInputs, rows: slice, batch: dict[str, Tensor], segments: int, rule: str) -> dict[str, np.ndarray]:
+def segment_record(inputs: StudyInputs, rows: slice, batch: dict[str, Tensor], segments: int, rule: str,
+                   max_period: int = 0, window: int = 0) -> dict[str, np.ndarray]:
     """The per-example arrays of one batch's rollout of `segments` segments from the reset carry:
 
         index (B,) int64, exact / success (B,) bool at the last segment, drift_zH / drift_zL
         (B, S) float64, exact_by_segment / success_by_segment (B, S) bool (success under `rule`),
-        q_halt / q_continue (B, S) float32, givens (B,) int64.
+        q_halt / q_continue (B, S) float32, givens (B,) int64, norm_zH (B, S) float64 (||z_H||
+        after each segment, the scale of the resolution floor), and with max_period > 0
+        recurrence (B, max_period) float64 (`recurrence_distances` of z_H over the last segments).
     """
-    traj = record_rollout(SubUpdateMap(inputs.core, batch), segments)
+    keep = max_period + window if max_period > 0 else 0
+    traj = record_rollout(SubUpdateMap(inputs.core, batch), segments, keep_last=keep)
     preds = traj.readouts.preds.cpu().numpy()
     exact = sample_success(inputs, rows, preds, "exact")
     success = exact if rule == "exact" else sample_success(inputs, rows, preds, rule)
@@ -154,7 +167,36 @@ def segment_record(inputs: StudyInputs, rows: slice, batch: dict[str, Tensor], s
         "q_halt": traj.readouts.q_halt.float().cpu().numpy(),
         "q_continue": traj.readouts.q_continue.float().cpu().numpy(),
         "givens": givens_count(inputs.inputs[rows]),
+        "norm_zH": traj.norm_zH.cpu().numpy(),
+        **({"recurrence": recurrence_distances(traj.late_zH.cpu().numpy(), max_period, window)} if keep else {}),
     }
+
+
+# --- recurrence: fixed points, periodic traps, aperiodic wandering -------------------------------------
+
+def recurrence_distances(late: np.ndarray, max_period: int, window: int) -> np.ndarray:
+    """(N, P) r_p = max over the last `window` segments t of ||x_t - x_{t-p}|| / ||x_t||, p = 1..P.
+
+    late (N, K, ...) : the state (z_H) after each of the last K >= P + window segments. r_p near 0
+    means the trajectory returns to where it was p segments earlier, for the whole window.
+    """
+    n, k = late.shape[:2]
+    if k < max_period + window:
+        raise ValueError(f"need {max_period + window} late states for max_period={max_period}, window={window}; got {k}")
+    x = np.asarray(late, dtype=np.float64).reshape(n, k, -1)
+    norm = np.maximum(np.linalg.norm(x[:, k - window:], axis=-1), np.finfo(np.float64).tiny)  # (N, W)
+    out = np.empty((n, max_period))
+    for p in range(1, max_period + 1):
+        diff = np.linalg.norm(x[:, k - window:] - x[:, k - window - p:k - p], axis=-1)  # (N, W)
+        out[:, p - 1] = (diff / norm).max(axis=1)
+    return out
+
+
+def classify_recurrence(r: np.ndarray, tol: float) -> np.ndarray:
+    """(N,) int64 period from r (N, P) of `recurrence_distances`: 1 = fixed point (r_1 <= tol),
+    p >= 2 = periodic with the smallest such p (r_p <= tol, r_1 > tol), 0 = aperiodic within P."""
+    hit = np.asarray(r) <= tol
+    return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0).astype(np.int64)
 
 
 # --- settling ------------------------------------------------------------------------------------------
@@ -162,6 +204,28 @@ def segment_record(inputs: StudyInputs, rows: slice, batch: dict[str, Tensor], s
 def late_drift(drift: np.ndarray, window: int) -> np.ndarray:
     """(N,) mean of drift (N, S) over its last `window` segments."""
     return drift[:, -window:].mean(axis=1)
+
+
+RESOLUTION_ULPS = 4  # drift within this many units in the last place of ||z_H|| is round-off
+
+
+def resolution_floor(norm_zH: np.ndarray | None, dtype: str, drift_floor: float) -> np.ndarray | float:
+    """The per-example floor of late drift: RESOLUTION_ULPS x eps(dtype) x ||z_H|| (N,), and never
+    below `drift_floor`; just `drift_floor` when the norms were not recorded (older runs).
+
+    **Choice** (analysis §3 leaves it open): a trajectory that has settled in float32 moves by
+    round-off, ~eps x ||z_H|| per segment, or by exactly 0 when a segment repeats the state to
+    the last bit. Flooring at a fixed 1e-10 turns those two into separate clusters of log10
+    d_late, and Otsu can then split between them, calling settled trajectories unsettled;
+    flooring at the dtype's resolution merges them into one settled cluster."""
+    if norm_zH is None:
+        return drift_floor
+    return np.maximum(RESOLUTION_ULPS * np.finfo(np.dtype(dtype)).eps * np.asarray(norm_zH, np.float64), drift_floor)
+
+
+def floored_log_drift(drift: np.ndarray, floor: np.ndarray | float) -> np.ndarray:
+    """log10 max(drift, floor), elementwise (floor per example or one number)."""
+    return np.log10(np.maximum(np.asarray(drift, np.float64), floor))
 
 
 def settling_threshold(log_d: np.ndarray, *, threshold: float | None, drift_floor: float, otsu_bins: int) -> tuple[float, str]:

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 from scipy.special import expit
-from scipy.stats import binomtest, rankdata
+from scipy.stats import binomtest, bootstrap, rankdata
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -71,11 +71,57 @@ def bootstrap_ci(
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
+def auc_two_sample(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray | float:
+    """Mann-Whitney AUC P(s+ > s-) + P(s+ = s-)/2 of positive scores `pos` against negative
+    scores `neg` along `axis` (vectorised over the other axes, as `scipy.stats.bootstrap` calls it)."""
+    pos, neg = np.moveaxis(np.asarray(pos, np.float64), axis, -1), np.moveaxis(np.asarray(neg, np.float64), axis, -1)
+    n_pos, n_neg = pos.shape[-1], neg.shape[-1]
+    lead = np.broadcast_shapes(pos.shape[:-1], neg.shape[:-1])
+    both = np.concatenate([np.broadcast_to(pos, lead + (n_pos,)), np.broadcast_to(neg, lead + (n_neg,))], axis=-1)
+    ranks = rankdata(both, axis=-1)
+    return (ranks[..., :n_pos].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def auc_with_ci(scores: np.ndarray, positive: np.ndarray, *, seed: int, n_boot: int = BOOTSTRAP_SAMPLES) -> dict[str, float | list[float] | None]:
-    """{"auc": ..., "ci95": [lo, hi]} (None where undefined), the form summary.json stores."""
+    """{"auc": ..., "ci95": [lo, hi]} (None where undefined), the form summary.json stores.
+
+    The CI is a stratified percentile bootstrap (`scipy.stats.bootstrap` with the positives and
+    the negatives as two independent samples, each resampled with its own size), so every
+    resample keeps the observed class counts and the AUC is always defined; with a class of one
+    example there is nothing to resample and ci95 is None."""
+    positive = np.asarray(positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
     value = auc(scores, positive)
-    lo, hi = (math.nan, math.nan) if math.isnan(value) else bootstrap_ci(auc, scores, positive, seed=seed, n_boot=n_boot)
-    return {"auc": none_if_nan(value), "ci95": None if math.isnan(lo) else [lo, hi]}
+    if math.isnan(value):
+        return {"auc": None, "ci95": None}
+    if min(int(positive.sum()), int((~positive).sum())) < 2:  # a class of one cannot be resampled
+        return {"auc": value, "ci95": None}
+    result = bootstrap((scores[positive], scores[~positive]), auc_two_sample, n_resamples=n_boot, vectorized=True, paired=False,
+                       method="percentile", random_state=np.random.default_rng(seed), batch=100)
+    lo, hi = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return {"auc": value, "ci95": [lo, hi]}
+
+
+def paired_auc_difference(scores_a: np.ndarray, scores_b: np.ndarray, positive: np.ndarray, *, seed: int,
+                          n_boot: int = BOOTSTRAP_SAMPLES) -> dict[str, float | list[float] | None]:
+    """{"delta": AUC(a) - AUC(b), "ci95": [lo, hi]}: a paired, stratified percentile bootstrap
+    (`scipy.stats.bootstrap`): each resample draws positives and negatives separately, and both
+    scores of a drawn example together, so the CI reflects the correlation of the two AUCs."""
+    positive = np.asarray(positive, dtype=bool)
+    pairs = np.stack([np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)])  # (2, N)
+    if positive.all() or not positive.any():
+        return {"delta": None, "ci95": None}
+    if min(int(positive.sum()), int((~positive).sum())) < 2:
+        return {"delta": float(auc(pairs[0], positive) - auc(pairs[1], positive)), "ci95": None}
+
+    def delta(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+        # pos (2, [resamples,] n_pos): scipy keeps the leading axis and puts resamples before the last
+        return auc_two_sample(pos[0], neg[0]) - auc_two_sample(pos[1], neg[1])
+
+    value = float(delta(pairs[:, positive], pairs[:, ~positive]))
+    result = bootstrap((pairs[:, positive], pairs[:, ~positive]), delta, n_resamples=n_boot, vectorized=True, paired=False, axis=-1,
+                       method="percentile", random_state=np.random.default_rng(seed), batch=100)
+    return {"delta": value, "ci95": [float(result.confidence_interval.low), float(result.confidence_interval.high)]}
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -201,7 +247,8 @@ def settling_counts(settled: np.ndarray, success: np.ndarray) -> dict[str, int]:
 def settling_cells(settled: np.ndarray, success: np.ndarray) -> dict[str, dict[str, float | int | str | None]]:
     """The 2x2 cells with, per cell: count, fraction of all N, fraction of its outcome (e.g. B:
     the share of failures that settle) and, for an empty cell, the rule-of-three 95% upper bound
-    on that within-outcome share (3 / outcome count), else None."""
+    on that within-outcome share (3 / outcome count), else None; and for every cell the 95% Wilson
+    interval of that share (`ci95`, None for an empty outcome)."""
     counts = settling_counts(settled, success)
     n = sum(counts.values())
     outcome = {"A": counts["A"] + counts["C"], "C": counts["A"] + counts["C"], "B": counts["B"] + counts["D"], "D": counts["B"] + counts["D"]}
@@ -212,6 +259,7 @@ def settling_cells(settled: np.ndarray, success: np.ndarray) -> dict[str, dict[s
             "fraction": counts[cell] / n if n else None,
             "fraction_of_outcome": counts[cell] / outcome[cell] if outcome[cell] else None,
             "upper95": rule_of_three(outcome[cell]) if counts[cell] == 0 and outcome[cell] else None,
+            "ci95": proportion_with_ci(counts[cell], outcome[cell])["ci95"],
         }
         for cell, label in SETTLING_CELLS.items()
     }

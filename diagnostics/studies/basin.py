@@ -4,7 +4,9 @@ What is measured: each segment-S failure is restarted K times (`restarts`, defau
 level sigma from a perturbed reset carry z0 + sigma * s * eps, with s = std(H_init) (the scale of
 the model's own initial carry, population std over D) and eps ~ N(0, I) on z_H, z_L or both
 (`where`). Each restart runs S_b = `segments_basin` (48) segments with halting recorded, not
-applied. Read-outs per restart: solved at segment S, and ever solved by S_b. If failures sit on a
+applied. Read-outs per restart: solved at segment S, and ever solved: at some segment t with
+S <= t <= S_b (the same definition as the extended study's "solved later": a restart that is
+right only before S and wrong again at S does not count). If failures sit on a
 chaotic saddle with nearby success basins, small kicks free most of them; a failure inside a wrong
 basin needs a kick that leaves it, so some failures (the hard core) are freed by no restart at
 any sigma. As a control, successes are restarted the same way: how often does a kick break one?
@@ -37,7 +39,7 @@ killed run resumes with identical results), and `results.npz`:
     tested_index (M,) int64                examples restarted: failures, then controls mixed in
     tested_failure (M,) bool               True for a segment-S failure, False for a control
     solved_at_budget (M, n_sigma, K) bool  restart solved at segment S
-    first_solved (M, n_sigma, K) int64     first segment (1..S_b) solved, -1 if never
+    first_solved (M, n_sigma, K) int64     first segment t in S..S_b solved, -1 if never
 
 Known failure modes: with std(H_init) tiny (a degenerate init) sigma is relative to almost
 nothing; rates over few failures are noisy (see the CIs); sigma = 0 reproduces the base exactly
@@ -57,7 +59,7 @@ from diagnostics.adapters.step_map import SubUpdateMap
 from diagnostics.adapters.trajectory import check_success_rule, first_solved_after, record_rollout, sample_success
 from diagnostics.config import BatchedStudyConfig
 from diagnostics.driver import BatchedRun, Jobs, refuse_non_finite
-from diagnostics.estimators.statistics import BOOTSTRAP_SAMPLES, bootstrap_ci, none_if_nan, rule_of_three
+from diagnostics.estimators.statistics import BOOTSTRAP_SAMPLES, bootstrap_ci, none_if_nan, proportion_with_ci, rule_of_three
 from diagnostics.inputs import StudyInputs
 from diagnostics.report import markdown_table, new_figure, save_figure, settings_table
 from runtime.errors import ConfigError
@@ -146,7 +148,7 @@ def restart_job(inputs: StudyInputs, positions: np.ndarray, sigma_index: int, st
     refuse_non_finite(f"basin (sigma {sigma:g})", {"drift_zH": traj.drift_zH.cpu().numpy()}, ("drift_zH",), inputs.index[rep_pos])
     success = sample_success(inputs, rep_pos, traj.readouts.preds.cpu().numpy(), study.success)
     solved = success[:, segments - 1].reshape(len(positions), reps)
-    first = first_solved_after(success, 0).reshape(len(positions), reps)
+    first = first_solved_after(success, segments - 1).reshape(len(positions), reps)  # solved at S or later
     return {
         "row": positions.astype(np.int64),
         "sigma_index": np.full(len(positions), sigma_index, dtype=np.int64),
@@ -187,7 +189,8 @@ def rate_with_ci(per_example: np.ndarray, seed: int) -> tuple[float | None, list
 
 
 def freed(results: dict[str, np.ndarray], readout: str) -> np.ndarray:
-    """(M, n_sigma, K) bool: restart solved at S ("at_budget") or at some segment <= S_b ("ever")."""
+    """(M, n_sigma, K) bool: restart solved at S ("at_budget") or at some segment t with
+    S <= t <= S_b ("ever": the extended study's definition, at or after the budget)."""
     return results["solved_at_budget"] if readout == "at_budget" else results["first_solved"] >= 0
 
 
@@ -228,7 +231,7 @@ def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], study: Basin
         "accuracy": float(base[:, segments - 1].mean()) if len(base) else None,
         "n_failures": n_fail,
         "n_controls": int(control.sum()),
-        "unperturbed_ever_solved_fraction": float(base[~base[:, segments - 1]].any(1).mean()) if n_fail else None,
+        "unperturbed_ever_solved_fraction": float(base[~base[:, segments - 1]][:, segments:].any(1).mean()) if n_fail else None,
         "per_sigma": per_sigma,
     }
     for readout in READOUTS:
@@ -238,6 +241,7 @@ def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], study: Basin
         summary[f"hard_core_{readout}"] = last
         summary[f"hard_core_{readout}_count"] = None if last is None else int(round(last * n_fail))
         summary[f"hard_core_{readout}_upper95"] = rule_of_three(n_fail) if last == 0.0 else None  # rule of three, empty core only
+        summary[f"hard_core_{readout}_ci95"] = None if last is None else proportion_with_ci(summary[f"hard_core_{readout}_count"], n_fail)["ci95"]
     summary["sigma0_reproduces"] = sigma0_check(results, segments)
     summary["bootstrap"] = {"samples": BOOTSTRAP_SAMPLES, "seed": seed, "over": "tested examples"}
     return summary
@@ -251,7 +255,7 @@ def sigma0_check(results: dict[str, np.ndarray], segments: int) -> bool | None:
     rows = np.searchsorted(results["index"], results["tested_index"])
     base = results["success_by_segment"][rows]
     same_solved = (results["solved_at_budget"][:, zero[0]] == base[:, segments - 1:segments]).all()
-    same_first = (results["first_solved"][:, zero[0]] == first_solved_after(base, 0)[:, None]).all()
+    same_first = (results["first_solved"][:, zero[0]] == first_solved_after(base, segments - 1)[:, None]).all()
     return bool(same_solved and same_first)
 
 
@@ -310,8 +314,8 @@ def format_report(summary: dict[str, Any]) -> str:
     """report.md: settings, the per-sigma table, hard core, the published result, figures."""
     settings = ["checkpoint", "checkpoint_sha256", "n", "segments", "segments_basin", "restarts", "where", "success", "h_init_std", "dtype",
                 "noise_seed"]
-    results = ["accuracy", "n_failures", "n_controls", "unperturbed_ever_solved_fraction", "hard_core_at_budget", "hard_core_at_budget_upper95",
-               "hard_core_ever", "hard_core_ever_upper95", "sigma0_reproduces"]
+    results = ["accuracy", "n_failures", "n_controls", "unperturbed_ever_solved_fraction", "hard_core_at_budget", "hard_core_at_budget_ci95",
+               "hard_core_at_budget_upper95", "hard_core_ever", "hard_core_ever_ci95", "hard_core_ever_upper95", "sigma0_reproduces"]
     columns = ("sigma", "single_at_budget", "single_at_budget_ci95", "best_of_k_at_budget", "single_ever", "best_of_k_ever", "break_rate",
                "broken_by_some_restart")
     table = markdown_table([{c: "n/a" if r[c] is None else r[c] for c in columns} for r in summary["per_sigma"]], columns)

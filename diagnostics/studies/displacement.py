@@ -11,9 +11,12 @@ the drift ||z(t) - z(t-1)||_2 of z_H and of z_L over the whole (P+L) x D tensor
      Otsu 1979) on the pooled log10 d_late of all examples, or a fixed `threshold` (d_late units).
      Otsu splits any data; its separability eta (between-class / total variance, in [0, 1]) is
      reported so that a split of unimodal drift (eta well below 1) is not mistaken for settling.
-     **Choice**: d_late values below `drift_floor` (a segment that repeats the state to the last
-     bit gives exactly 0) count as `drift_floor` before the log, so they do not stretch the
-     histogram to -inf; summary.json reports how many were floored.
+     **Choice**: d_late is floored at the recurrence dtype's resolution before the log,
+     RESOLUTION_ULPS (4) x eps x ||z_H|| (mean over the late window; never below `drift_floor`):
+     exact zeros (a segment that repeats the state to the last bit) and round-off-sized drift are
+     the same thing, a settled trajectory, and form one cluster, so Otsu cannot split between
+     them (`diagnostics.adapters.trajectory.resolution_floor`); summary.json reports how many
+     were floored.
   3. The 2x2 table A settled & correct, B settled & wrong, C unsettled & correct, D unsettled &
      wrong: counts, fractions, and for an empty cell the rule-of-three 95% upper bound on its
      share of that outcome ("0 of 254 failures settle" -> at most 3/254).
@@ -35,6 +38,11 @@ run with equal n and seed):
     success (N,) bool               success under `success` at the last segment
     drift_zH, drift_zL (N, S)       per-segment displacement of z_H / z_L, float64
     d_late (N,) float64             mean drift_zH over the last `late_window` segments
+    d_floor (N,) float64            its resolution floor (see step 2)
+    first_settled (N,) int64        first segment whose floored drift_zH <= tau (-1: never)
+    stays_settled (N,) bool         entered the band and never left it up to S
+    log10_d_late (N,) float64       log10 max(d_late, d_floor), what tau and the statistics use
+    norm_zH (N, S) float64          ||z_H|| after each segment
     exact_by_segment (N, S) bool    exact match after each segment
     success_by_segment (N, S) bool  success under `success` after each segment
     q_halt, q_continue (N, S)       halting logits after each segment, float32
@@ -54,12 +62,12 @@ from typing import Any
 
 import numpy as np
 
-from diagnostics.adapters.trajectory import (DRIFT_FLOOR, LATE_WINDOW, OTSU_BINS, check_success_rule, late_drift, segment_record,
-                                             settling_threshold)
+from diagnostics.adapters.trajectory import (DRIFT_FLOOR, LATE_WINDOW, OTSU_BINS, check_success_rule, floored_log_drift, late_drift,
+                                             resolution_floor, segment_record, settling_threshold)
 from diagnostics.config import BatchedStudyConfig
 from diagnostics.driver import BatchedRun
 from diagnostics.estimators.statistics import (BOOTSTRAP_SAMPLES, SETTLING_CELLS, auc_with_ci, fraction_below, median_or_none, none_if_nan,
-                                               percentile_sweep, separability, settling_cells, settling_counts)
+                                               percentile_sweep, proportion_with_ci, separability, settling_cells, settling_counts)
 from diagnostics.report import markdown_table, new_figure, save_figure, settings_table
 from runtime.errors import ConfigError
 
@@ -121,15 +129,49 @@ def meta(run: BatchedRun) -> dict[str, Any]:
     """The settings summary.json records (beside the driver's provenance)."""
     study = run.settings
     return {"success_rule": study.success, "late_window": study.late_window, "otsu_bins": study.otsu_bins, "drift_floor": study.drift_floor,
-            "vocab_size": run.inputs.metadata.vocab_size}
+            "vocab_size": run.inputs.metadata.vocab_size, "halting_rule": "q_halt > 0" if run.inputs.arch.no_ACT_continue else "q_halt > q_continue"}
 
 
 def pooled(run: BatchedRun, results: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """d_late (N,): mean drift_zH over the last `late_window` segments."""
-    return {"d_late": late_drift(results["drift_zH"], run.settings.late_window)}
+    """d_late (N,): mean drift_zH over the last `late_window` segments; its resolution floor
+    d_floor and the floored log10_d_late (N,)."""
+    study = run.settings
+    window = study.late_window
+    d_late = late_drift(results["drift_zH"], window)
+    d_floor = resolution_floor(late_drift(results["norm_zH"], window), run.cfg.dtype, study.drift_floor)
+    log_d = floored_log_drift(d_late, d_floor)
+    log_tau, _ = settling_threshold(log_d, threshold=study.threshold, drift_floor=study.drift_floor, otsu_bins=study.otsu_bins)
+    per_segment = floored_log_drift(results["drift_zH"], resolution_floor(results["norm_zH"], run.cfg.dtype, study.drift_floor))
+    first, stays = band_entry(per_segment, log_tau)
+    return {"d_late": d_late, "d_floor": d_floor, "log10_d_late": log_d, "first_settled": first, "stays_settled": stays}
+
+
+def band_entry(log_drift: np.ndarray, log_tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """(first_settled (N,) int64, stays_settled (N,) bool) of the floored log10 drift_zH (N, S):
+    the first segment t (1-based) whose drift is at or below tau (-1 if none), and whether every
+    later segment's is too (enter the low-velocity band and stay). NaN tau: nobody enters."""
+    inside = log_drift <= log_tau
+    entered = inside.any(axis=1)
+    first = np.where(entered, inside.argmax(axis=1) + 1, -1).astype(np.int64)
+    after = np.arange(inside.shape[1])[None, :] >= (first - 1)[:, None]
+    stays = entered & (inside | ~after).all(axis=1)
+    return first, stays
 
 
 # --- settling statistics ---------------------------------------------------------------------------
+
+def band_summary(results: dict[str, np.ndarray], success: np.ndarray) -> dict[str, Any]:
+    """Per outcome: how many entered the low-velocity band (drift_zH <= tau) by S, how many of
+    those left it again (Wilson CIs), and the median segment of entry."""
+    first, stays = results["first_settled"], results["stays_settled"].astype(bool)
+    out: dict[str, Any] = {}
+    for name, group in (("success", success), ("failure", ~success)):
+        entered = group & (first > 0)
+        out[f"band_entered_{name}"] = proportion_with_ci(int(entered.sum()), int(group.sum()))
+        out[f"band_left_{name}"] = proportion_with_ci(int((entered & ~stays).sum()), int(entered.sum()))
+        out[f"band_entry_segment_median_{name}"] = float(np.median(first[entered])) if entered.any() else None
+    return out
+
 
 def sensitivity_sweep(log_d: np.ndarray, success: np.ndarray, percentiles: list[float]) -> list[dict[str, Any]]:
     """The 2x2 counts at thresholds on pooled percentiles of log10 d_late (= those of d_late)."""
@@ -146,21 +188,24 @@ def summarise(results: dict[str, np.ndarray], meta: dict[str, Any], study: Displ
     threshold-free statement and AUC(-d_late -> success) with its bootstrap CI."""
     success = results["success"].astype(bool)
     d_late = results["d_late"]
-    log_d = np.log10(np.maximum(d_late, study.drift_floor))
+    d_floor = results.get("d_floor", study.drift_floor)
+    log_d = floored_log_drift(d_late, d_floor)
     log_tau, method = settling_threshold(log_d, threshold=study.threshold, drift_floor=study.drift_floor, otsu_bins=study.otsu_bins)
     settled = log_d <= log_tau  # all False when tau is NaN (fewer than two distinct values)
     min_failure = float(d_late[~success].min()) if (~success).any() else math.nan
     below = fraction_below(d_late[success], min_failure)
     auc_d = auc_with_ci(-d_late, success, seed=seed)
+    band = band_summary(results, success) if "first_settled" in results else {}
     return {
         **meta,
+        **band,
         "n_success": int(success.sum()),
         "n_failure": int((~success).sum()),
         "accuracy": float(success.mean()) if len(success) else None,
         "accuracy_exact": float(results["exact"].mean()) if len(success) else None,
         "median_d_late_success": median_or_none(d_late[success]),
         "median_d_late_failure": median_or_none(d_late[~success]),
-        "n_at_floor": int((d_late < study.drift_floor).sum()),
+        "n_at_floor": int((d_late <= d_floor).sum()),
         "threshold_method": method,
         "tau": none_if_nan(10**log_tau),
         "log10_tau": none_if_nan(log_tau),
@@ -206,7 +251,7 @@ def plot_drift_curves(results: dict[str, np.ndarray], path: Path, title: str, fl
 def plot_d_late_hist(results: dict[str, np.ndarray], summary: dict[str, Any], path: Path, title: str, floor: float) -> Path:
     """Histogram of log10 d_late by outcome with the settling threshold tau."""
     success = results["success"].astype(bool)
-    log_d = np.log10(np.maximum(results["d_late"], floor))
+    log_d = floored_log_drift(results["d_late"], results.get("d_floor", floor))
     fig = new_figure()
     ax = fig.add_subplot()
     bins = np.histogram_bin_edges(log_d, bins=40) if len(log_d) else 10
@@ -254,6 +299,15 @@ def figures(run: BatchedRun, results: dict[str, np.ndarray], summary: dict[str, 
 
 # --- report ------------------------------------------------------------------------------------------
 
+def band_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    def text(p: dict[str, Any] | None) -> str:
+        if not p or p.get("fraction") is None:
+            return "n/a"
+        return f"{p['count']} of {p['n']} ({100 * p['fraction']:.1f}%, 95% CI {100 * p['ci95'][0]:.1f}-{100 * p['ci95'][1]:.1f}%)"
+    return [{"outcome": name, "entered": text(summary.get(f"band_entered_{name}")), "left again": text(summary.get(f"band_left_{name}")),
+             "median entry segment": summary.get(f"band_entry_segment_median_{name}") or "n/a"} for name in ("success", "failure")]
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """report.md: settings, results, the 2x2 table, the sensitivity sweep and the figures."""
     settings = ["checkpoint", "checkpoint_sha256", "n", "segments", "late_window", "success_rule", "threshold_method", "otsu_bins",
@@ -273,8 +327,11 @@ def format_report(summary: dict[str, Any]) -> str:
         "AUC of -d_late for success (Mann-Whitney, ties averaged) with a seeded bootstrap 95% CI.\n\n"
         + settings_table(summary, results) + "\n\n" + free,
         "## Settled x outcome\n\nfraction: of all n; fraction_of_outcome: of the successes (A, C) or failures (B, D); "
-        "upper95: rule-of-three bound on that share for an empty cell.\n\n"
-        + markdown_table(cells, ("cell", "label", "count", "fraction", "fraction_of_outcome", "upper95")),
+        "ci95: its 95% Wilson interval; upper95: rule-of-three bound on that share for an empty cell.\n\n"
+        + markdown_table(cells, ("cell", "label", "count", "fraction", "fraction_of_outcome", "ci95", "upper95")),
+        "## Entering the low-velocity band\n\nPer outcome: examples whose floored drift_zH reached tau at some segment up to S, "
+        "those of them that left the band again, and the median segment of entry.\n\n" + markdown_table(band_rows(summary),
+                                                                                                    ("outcome", "entered", "left again", "median entry segment")),
         f"![2x2]({FIGURES['cells']})",
         "## Threshold sensitivity\n\nThe 2x2 counts with tau at pooled percentiles of d_late.\n\n"
         + markdown_table([{**row, "percentile": f"{row['percentile']:g}"} for row in summary["sweep"]],

@@ -52,8 +52,9 @@ import numpy as np
 
 from diagnostics.adapters.trajectory import check_success_rule
 from diagnostics.config import StudyConfig
-from diagnostics.estimators.statistics import (BOOTSTRAP_SAMPLES, auc_with_ci, bhattacharyya_gaussian, cohens_d, cross_validated_probabilities,
-                                               histogram_overlap, none_if_nan, quantile_bins, stratified_auc, stratified_folds)
+from diagnostics.estimators.statistics import (BOOTSTRAP_SAMPLES, auc_with_ci, bhattacharyya_gaussian, bootstrap_ci, cohens_d,
+                                               cross_validated_probabilities, histogram_overlap, none_if_nan, paired_auc_difference,
+                                               proportion_with_ci, quantile_bins, stratified_auc, stratified_folds)
 from diagnostics.report import finish_study, markdown_table, new_figure, save_figure
 from diagnostics.verdict import answer, findings, format_verdict
 from runtime.dist import resolve_device
@@ -133,6 +134,42 @@ def load_run(path: str | Path) -> StudyRun:
     return StudyRun(path, summary, arrays)
 
 
+def halting_confidence(disp: StudyRun, segment: int = -1) -> np.ndarray:
+    """(N,) the model's own confidence after `segment` (0-based; default the last), as its
+    halting rule reads it: q_halt - q_continue for a model that halts on q_halt > q_continue
+    (HRM, no_ACT_continue false), q_halt for one that halts on q_halt > 0 (TRM); it halts where
+    the confidence is > 0. Reported under the key `q_halt`."""
+    q_halt = disp.arrays["q_halt"][:, segment].astype(np.float64)
+    if disp.summary.get("halting_rule") == "q_halt > q_continue":
+        return q_halt - disp.arrays["q_continue"][:, segment].astype(np.float64)
+    return q_halt
+
+
+def stratified_auc_with_ci(scores: np.ndarray, positive: np.ndarray, strata: np.ndarray, seed: int) -> tuple[list[dict[str, Any]], float, list[float] | None]:
+    """(per-stratum rows, size-weighted mean AUC, its 95% CI): the CI from a seeded bootstrap over
+    examples, each resample re-binned by the examples' own strata."""
+    rows, mean = stratified_auc(scores, positive, strata)
+    if math.isnan(mean):
+        return rows, mean, None
+    packed = np.column_stack([scores, strata])
+    lo, hi = bootstrap_ci(lambda x, y: stratified_auc(x[:, 0], y, x[:, 1].astype(np.int64))[1], packed, positive, seed=seed)
+    return rows, mean, None if math.isnan(lo) else [lo, hi]
+
+
+def confidence_table(success: np.ndarray, confidence: np.ndarray, settled: np.ndarray) -> dict[str, Any]:
+    """Confident-wrong and the selection ceiling (confident = confidence > 0, the halting rule):
+    the share of failures that are confident, and confident and settled (Wilson CIs), and the
+    accuracy of answering only when confident (selective accuracy) at its coverage."""
+    confident = confidence > 0
+    failure = ~success
+    return {
+        "confident_failures": proportion_with_ci(int((confident & failure).sum()), int(failure.sum())),
+        "confident_settled_failures": proportion_with_ci(int((confident & failure & settled).sum()), int(failure.sum())),
+        "coverage": proportion_with_ci(int(confident.sum()), len(success)),
+        "selective_accuracy": proportion_with_ci(int((confident & success).sum()), int(confident.sum())),
+    }
+
+
 def pair_runs(runs: list[StudyRun]) -> tuple[StudyRun, StudyRun, dict[str, StudyRun]]:
     """(spectrum, displacement, {extended/basin: run}) of `runs`: one spectrum and one
     displacement run of the same checkpoint, dataset and sample, plus at most one extended and one
@@ -190,12 +227,13 @@ def logistic_comparison(features: dict[str, np.ndarray], success: np.ndarray, st
     folds = stratified_folds(success, study.cv_folds, seed=seed)
     out: dict[str, Any] = {"folds": folds, "p_base": np.full(n, np.nan), "p_full": np.full(n, np.nan)}
     if min(int(success.sum()), int((~success).sum())) < study.cv_folds:
-        return {**out, "base": None, "full": None, "delta": None, "note": f"needs >= {study.cv_folds} examples of each outcome"}
+        return {**out, "base": None, "full": None, "delta": None, "delta_ci95": None, "note": f"needs >= {study.cv_folds} examples of each outcome"}
     base = np.column_stack([features["log10_d_late"], features["q_halt"]])
     out["p_base"] = cross_validated_probabilities(base, success, folds, l2=study.l2)
     out["p_full"] = cross_validated_probabilities(np.column_stack([base, features["lambda1"]]), success, folds, l2=study.l2)
     out["base"], out["full"] = auc_with_ci(out["p_base"], success, seed=seed), auc_with_ci(out["p_full"], success, seed=seed)
-    out["delta"] = out["full"]["auc"] - out["base"]["auc"]
+    paired = paired_auc_difference(out["p_full"], out["p_base"], success, seed=seed)
+    out["delta"], out["delta_ci95"] = paired["delta"], paired["ci95"]
     return {**out, "note": None}
 
 
@@ -206,22 +244,25 @@ def compute_stats(spec: StudyRun, disp: StudyRun, study: StatsStudyConfig, seed:
     success = disp.arrays[rule].astype(bool)
     by_segment = disp.arrays[f"{rule}_by_segment"].astype(bool)
     lam = spec.arrays["lambda"]
+    lam1 = spec.arrays["lambda1"] if "lambda1" in spec.arrays else lam[:, 0]  # older spectrum runs: the sorted maximum
     d_late = disp.arrays["d_late"]
-    log_d = np.log10(np.maximum(d_late, ds["drift_floor"]))
-    q_halt = disp.arrays["q_halt"][:, -1].astype(np.float64)
+    # the displacement run's floored log10 d_late (resolution floor); older runs: their drift_floor
+    log_d = disp.arrays["log10_d_late"] if "log10_d_late" in disp.arrays else np.log10(np.maximum(d_late, ds["drift_floor"]))
+    q_halt = halting_confidence(disp)
 
     scores = {name: (-v, "-") for name, v in exponent_scores(lam).items()}
+    scores["lambda1"] = (-lam1, "-")  # the first Benettin column (as k = 1), not the sorted maximum
     scores.update({"d_late": (-d_late, "-"), "q_halt": (q_halt, "+")})
     aucs = {name: {"direction": sign, **auc_with_ci(s, success, seed=seed)} for name, (s, sign) in scores.items()}
 
     tau = ds.get("tau")
     unsettled = ~(d_late <= tau) if tau is not None else np.ones(len(d_late), bool)
-    deciles, decile_mean = stratified_auc(-lam[unsettled, 0], success[unsettled], quantile_bins(log_d[unsettled], study.deciles))
-    givens_rows, givens_mean = ([], math.nan)
+    deciles, decile_mean, decile_ci = stratified_auc_with_ci(-lam1[unsettled], success[unsettled], quantile_bins(log_d[unsettled], study.deciles), seed)
+    givens_rows, givens_mean, givens_ci = ([], math.nan, None)
     if study.givens_bins > 0:
         givens = disp.arrays["givens"]
         bins = quantile_bins(givens, study.givens_bins)
-        givens_rows, givens_mean = stratified_auc(-lam[:, 0], success, bins)
+        givens_rows, givens_mean, givens_ci = stratified_auc_with_ci(-lam1, success, bins, seed)
         for row in givens_rows:
             members = givens[bins == row["stratum"]]
             row["givens"] = str(members.min()) if members.min() == members.max() else f"{members.min()}-{members.max()}"
@@ -232,8 +273,9 @@ def compute_stats(spec: StudyRun, disp: StudyRun, study: StatsStudyConfig, seed:
     early_drift = disp.arrays["drift_zH"][:, max(0, w - ds["late_window"]):w].mean(1)[unsolved]
     early = {f"lambda{i + 1}": auc_with_ci(-early_lam[:, i], success[unsolved], seed=seed) for i in range(early_lam.shape[1])}
     early["drift"] = auc_with_ci(-early_drift, success[unsolved], seed=seed)
+    early["q_halt"] = auc_with_ci(halting_confidence(disp, w - 1)[unsolved], success[unsolved], seed=seed)
 
-    features = {"lambda1": lam[:, 0], "log10_d_late": log_d, "q_halt": q_halt}
+    features = {"lambda1": lam1, "log10_d_late": log_d, "q_halt": q_halt}
     cv = logistic_comparison(features, success, study, seed)
     stats = {
         "n_success": int(success.sum()),
@@ -242,14 +284,16 @@ def compute_stats(spec: StudyRun, disp: StudyRun, study: StatsStudyConfig, seed:
         "n_exact_disagree": int((spec.arrays["exact"] != disp.arrays["exact"]).sum()),
         "tau": tau,
         "auc": aucs,
-        "decile_matched": {"n_unsettled": int(unsettled.sum()), "auc": none_if_nan(decile_mean), "deciles": deciles},
-        "givens_binned": {"auc": none_if_nan(givens_mean), "bins": givens_rows},
+        "decile_matched": {"n_unsettled": int(unsettled.sum()), "auc": none_if_nan(decile_mean), "ci95": decile_ci, "deciles": deciles},
+        "givens_binned": {"auc": none_if_nan(givens_mean), "ci95": givens_ci, "bins": givens_rows},
+        "confidence": confidence_table(success, q_halt, ~unsettled),
         "early_window": {"w": w, "n_unsolved": int(unsolved.sum()), "n_eventual_success": int(success[unsolved].sum()), "auc": early},
         "effect_sizes": {name: effect_sizes(v, success, study.overlap_bins) for name, v in features.items()},
         "logistic": {"features_base": ["log10_d_late", "q_halt"], "features_full": ["log10_d_late", "q_halt", "lambda1"], "folds": study.cv_folds,
-                     "l2": study.l2, "auc_base": cv["base"], "auc_full": cv["full"], "delta_auc": cv["delta"], "note": cv["note"]},
+                     "l2": study.l2, "auc_base": cv["base"], "auc_full": cv["full"], "delta_auc": cv["delta"], "delta_auc_ci95": cv["delta_ci95"],
+                     "note": cv["note"]},
     }
-    arrays = {"index": disp.arrays["index"], "success": success, "d_late": d_late, "q_halt_final": q_halt, "lambda1": lam[:, 0],
+    arrays = {"index": disp.arrays["index"], "success": success, "d_late": d_late, "q_halt_final": q_halt, "lambda1": lam1,
               "folds": cv["folds"], "p_base": cv["p_base"], "p_full": cv["p_full"]}
     return stats, arrays
 
@@ -264,7 +308,7 @@ def auc_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows.append({"score": "-lambda1", "what": "givens-binned", "auc": summary["givens_binned"]["auc"], "ci95": None})
     early = summary["early_window"]
     what = f"early window w={early['w']}, unsolved (n={early['n_unsolved']})"
-    rows += [{"score": f"-{name}", "what": what, **v} for name, v in early["auc"].items()]
+    rows += [{"score": ("+" if name == "q_halt" else "-") + name, "what": what, **v} for name, v in early["auc"].items()]
     for key, label in (("auc_base", "logistic CV {log10 d_late, q_halt}"), ("auc_full", "logistic CV {log10 d_late, q_halt, lambda1}")):
         value = summary["logistic"][key]
         rows.append({"score": "p(success)", "what": label, **(value or {"auc": None, "ci95": None})})
@@ -279,10 +323,12 @@ def _na(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_report(summary: dict[str, Any]) -> str:
     """report.md: inputs, all AUCs, the strata tables, effect sizes and the logistic comparison."""
     settings = [{"quantity": k, "value": summary[k]} for k in ("checkpoint", "checkpoint_sha256", "n", "segments", "success_rule", "k",
-                                                                "dtype_spectrum", "dtype_displacement", "tau", "n_exact_disagree")]
+                                                                "dtype_spectrum", "dtype_displacement", "confidence_score", "tau", "n_exact_disagree")]
     effects = _na([{"quantity": name, **e} for name, e in summary["effect_sizes"].items()])
     logistic = summary["logistic"]
     delta = "n/a" if logistic["delta_auc"] is None else f"{logistic['delta_auc']:+.4f}"
+    if logistic.get("delta_auc_ci95"):
+        delta += f" (paired stratified bootstrap 95% CI {logistic['delta_auc_ci95'][0]:+.4f} to {logistic['delta_auc_ci95'][1]:+.4f})"
     return "\n\n".join([
         "# Statistics of lambda, drift and halting confidence",
         summary["verdict_markdown"].rstrip(),
@@ -293,12 +339,32 @@ def format_report(summary: dict[str, Any]) -> str:
         + markdown_table(auc_rows(summary), ("score", "what", "auc", "ci95")),
         f"![AUCs]({FIGURE})",
         "## Decile-matched AUC(-lambda1)\n\nUnsettled examples, bins of log10 d_late; the summary is the size-weighted mean over "
-        "bins with both outcomes.\n\n" + markdown_table(_na(summary["decile_matched"]["deciles"]), ("stratum", "n", "n_positive", "auc")),
-        "## Givens-binned AUC(-lambda1)\n\n" + markdown_table(_na(summary["givens_binned"]["bins"]), ("stratum", "givens", "n", "n_positive", "auc")),
+        f"bins with both outcomes: {_auc_text(summary['decile_matched'])}.\n\n"
+        + markdown_table(_na(summary["decile_matched"]["deciles"]), ("stratum", "n", "n_positive", "auc")),
+        f"## Givens-binned AUC(-lambda1)\n\nSize-weighted mean over givens bins: {_auc_text(summary['givens_binned'])}.\n\n"
+        + markdown_table(_na(summary["givens_binned"]["bins"]), ("stratum", "givens", "n", "n_positive", "auc")),
+        "## Confident failures and the selection ceiling\n\nConfident = the halting rule would stop (confidence > 0 after the "
+        "last segment); fractions with 95% Wilson intervals.\n\n" + markdown_table(confidence_rows(summary["confidence"]),
+                                                                                     ("quantity", "count", "n", "fraction", "ci95")),
         "## Effect sizes (failure vs success)\n\n" + markdown_table(effects, ("quantity", "cohens_d", "bhattacharyya", "overlap")),
         f"## Does lambda_1 add anything?\n\n{logistic['folds']}-fold cross-validated ridge logistic regression (l2={logistic['l2']}); "
         f"AUC gain from adding lambda_1: {delta}." + (f" ({logistic['note']})" if logistic["note"] else ""),
     ])
+
+
+def _auc_text(entry: dict[str, Any]) -> str:
+    if entry.get("auc") is None:
+        return "n/a"
+    ci = entry.get("ci95")
+    return f"{entry['auc']:.4f}" + (f" (95% bootstrap CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
+
+
+def confidence_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    labels = {"confident_failures": "failures the model is confident about (of failures)",
+              "confident_settled_failures": "failures confident and settled (of failures)",
+              "coverage": "examples answered when only confident ones are (of all)",
+              "selective_accuracy": "accuracy of the confident answers (of confident)"}
+    return _na([{"quantity": labels[key], **{k: v for k, v in value.items()}} for key, value in table.items()])
 
 
 def plot_aucs(summary: dict[str, Any], path: Path) -> Path:
@@ -351,6 +417,7 @@ def run_stats(cfg: Any, out_dir: Path) -> int:
         "k": spec.summary.get("k"),
         "dtype_spectrum": spec.summary.get("dtype"),
         "dtype_displacement": disp.summary.get("dtype"),
+        "confidence_score": "q_halt - q_continue" if disp.summary.get("halting_rule") == "q_halt > q_continue" else "q_halt",
         **stats,
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": cfg.seed},
     }

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from diagnostics.config import BatchedStudyConfig, DiagnoseConfig
-from diagnostics.inputs import load_study_inputs
 from diagnostics.driver import BatchedRun, InterruptedStudy, NonFiniteError, drive
+from diagnostics.inputs import load_study_inputs
 from diagnostics.registry import Study
 from runtime.errors import UserError
 from runtime.lock import DirectoryInUseError, DirectoryLock

@@ -60,7 +60,7 @@ def test_yaml_extends_its_schema_and_restates_its_defaults(name):
 
 
 def test_batched_and_run_studies_are_told_apart():
-    assert [name for name, s in STUDIES.items() if s.batched] == ["spectrum", "displacement", "extended", "basin"]
+    assert [name for name, s in STUDIES.items() if s.batched] == ["spectrum", "displacement", "extended", "basin", "clv"]
     assert all(s.run is not None for s in STUDIES.values() if not s.batched)
     with pytest.raises(ValueError, match="needs batch, summarise and report"):
         Study("half", BatchedStudyConfig, batch=lambda run, rows, batch: {})

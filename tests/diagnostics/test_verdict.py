@@ -79,3 +79,16 @@ def test_published_values_are_a_separate_labelled_table():
     ours, published = text.split("Published values (analysis.md §9; other models and data, for comparison only, not this run):")
     assert text.startswith("## Verdict\n") and "0 of 254" not in ours and "0 of 254" in published and "87.6%" in published
     assert "| settled_wrong | 0.030000 | [0.0103, 0.0845] | 3 | 100 | extended |" in ours and "| auc_neg_d_late | 0.800000 | [0.7500, 0.8500] | n/a | 400 |" in ours
+
+
+def test_periodic_traps_count_as_wrong_attractors_and_decide_the_answer():
+    """With the recurrence test present, fixed points and periodic orbits of never-solved failures
+    make the wrong-attractor fraction, which the answer uses instead of drift settling."""
+    s = summaries(settled_wrong=2, churning=80, solved_later=18)
+    s["extended"].update({"attractor_counts": {"fixed_point": 2, "periodic": 70, "aperiodic": 8}, "periods": {"2": 60, "3": 10},
+                          "recurrence_tol": 1e-3, "max_period": 8})
+    found = {f.key: f for f in findings(s)}
+    assert (found["wrong_attractor"].count, found["wrong_attractor"].n) == (72, 100)
+    assert "2 at a fixed point, 70 on a periodic orbit (60 of period 2, 10 of period 3;" in found["wrong_attractor"].sentence
+    assert (found["aperiodic"].count, found["aperiodic"].n) == (8, 100)
+    assert answer(list(found.values())).startswith("**Failures are mostly wrong attractors**: 72 of 100 are in a wrong attractor (fixed or periodic)")

@@ -15,13 +15,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from diagnostics.__main__ import run_study
 from diagnostics.adapters.step_map import SubUpdateMap
 from diagnostics.adapters.trajectory import late_drift, record_rollout
 from diagnostics.config import DiagnoseConfig
 from diagnostics.estimators.statistics import separability, settling_cells, settling_counts
 from diagnostics.inputs import load_study_inputs
 from diagnostics.registry import STUDIES
+from diagnostics.registry import run_study
 from diagnostics.studies.displacement import DisplacementStudyConfig, sensitivity_sweep, summarise
 from runtime.errors import ConfigError, DatasetError
 
@@ -236,3 +236,13 @@ def test_interrupted_study_resumes_with_identical_results(crafted_data, finished
     assert run_study(study_config(crafted_data), tmp_path) == 0
     with np.load(tmp_path / "results.npz") as z:
         assert set(z.files) == set(reference) and all(np.array_equal(z[k], reference[k]) for k in reference)
+
+
+def test_band_entry_first_segment_and_staying():
+    """Rows: enters at 2 and stays; enters at 1, leaves at 3; never enters; enters at the last."""
+    from diagnostics.studies.displacement import band_entry
+
+    log_drift = np.array([[0.0, -5, -6, -7], [-5, -5, 0, -6], [0, 0, 0, 0], [0, 0, 0, -9]])
+    first, stays = band_entry(log_drift, -4.0)
+    assert first.tolist() == [2, 1, -1, 4] and stays.tolist() == [True, False, False, True]
+    assert band_entry(log_drift, float("nan"))[0].tolist() == [-1] * 4

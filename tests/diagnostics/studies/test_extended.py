@@ -14,12 +14,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from diagnostics.__main__ import run_study
 from diagnostics.adapters.step_map import SubUpdateMap
-from diagnostics.adapters.trajectory import first_solved_after, record_rollout
+from diagnostics.adapters.trajectory import classify_recurrence, first_solved_after, record_rollout, recurrence_distances
 from diagnostics.config import DiagnoseConfig
 from diagnostics.estimators.statistics import escape_rate_fit, survival_curve
 from diagnostics.inputs import load_study_inputs
+from diagnostics.registry import run_study
 from diagnostics.studies.extended import CHURNING, FATES, SETTLED_WRONG, SOLVED_AT_BUDGET, SOLVED_LATER, ExtendedStudyConfig, classify_fates
 from runtime.errors import ConfigError
 
@@ -134,6 +134,8 @@ def fixture_config(data_path: Path | str | None = None, name: str = "hrm", n: in
     ({"settle_window": 0}, r"study.settle_window=0 must be in \[1, 12\]"),
     ({"min_remaining": 0}, r"study.min_remaining=0 must be >= 1"),
     ({"threshold": -1.0}, r"study.threshold=-1.0 must be a positive drift"),
+    ({"max_period": 10}, r"study.max_period=10 and study.recurrence_window=4 must be >= 1 and fit in study.segments_ext=12 together"),
+    ({"recurrence_tol": 0.0}, r"study.recurrence_tol=0.0 must be > 0"),
     ({"success": "valid_path"}, r"success rule 'valid_path' does not apply to sudoku data \(study.success\); sudoku rules: exact$"),
     ({"success": "close"}, r"study.success='close' is not one of"),
 ])
@@ -188,7 +190,8 @@ def test_planted_fates_summary_recomputation_and_resume(tmp_path):
     res = load_npz(out / "results.npz")
     n, s_ext = 8, 12
     shapes = {"index": (n,), "success_by_segment": (n, s_ext), "exact_by_segment": (n, s_ext), "drift_zH": (n, s_ext), "drift_zL": (n, s_ext),
-              "q_halt": (n, s_ext), "q_continue": (n, s_ext), "givens": (n,), "d_late": (n,), "first_solved": (n,), "fate": (n,)}
+              "q_halt": (n, s_ext), "q_continue": (n, s_ext), "givens": (n,), "d_late": (n,), "first_solved": (n,), "fate": (n,),
+              "recurrence": (n, 8), "period": (n,)}
     assert {key: res[key].shape for key in shapes} == shapes
     expected_accuracy = np.zeros(s_ext)
     expected_accuracy[[1, 3, 6, 10]] = 1 / 8
@@ -196,6 +199,12 @@ def test_planted_fates_summary_recomputation_and_resume(tmp_path):
     assert res["first_solved"][1:].tolist() == [7, 11, -1, -1, -1, -1, -1]
     assert res["fate"][0] == SOLVED_AT_BUDGET and res["fate"][1] == res["fate"][2] == SOLVED_LATER
     assert set(res["fate"][3:].tolist()) <= {SETTLED_WRONG, CHURNING}
+    # recurrence: r_p from the z_H states of independent rollouts of 1..12 segments, one batch of 8
+    inputs = load_study_inputs(str(FIXTURES / "hrm" / "run"), str(data), n=n, seed=0)
+    (_, _, batch), = inputs.batches(n)
+    late = np.stack([record_rollout(SubUpdateMap(inputs.core, batch), t).state[:, 0].double().numpy() for t in range(1, s_ext + 1)], 1)
+    np.testing.assert_allclose(res["recurrence"], recurrence_distances(late, 8, 4), rtol=1e-4, atol=1e-9)
+    np.testing.assert_array_equal(res["period"], classify_recurrence(res["recurrence"], 1e-3))
 
     summary = json.loads((out / "summary.json").read_text())
     failure = ~res["success_by_segment"][:, 3]
@@ -208,6 +217,9 @@ def test_planted_fates_summary_recomputation_and_resume(tmp_path):
     np.testing.assert_allclose(res["d_late"], d_late, rtol=1e-15)
     assert summary["fate_counts"] == {"solved_later": 2, "settled_wrong": int(settled[3:].sum()), "churning": int((~settled[3:]).sum())}
     assert summary["fraction_solved_later"] == 2 / 7
+    never = res["period"][3:]
+    assert summary["attractor_counts"] == {"fixed_point": int((never == 1).sum()), "periodic": int((never >= 2).sum()), "aperiodic": int((never == 0).sum())}
+    assert summary["n_never_solved"] == 5 and summary["fraction_wrong_attractor"] == ((never >= 1).sum()) / 7
     np.testing.assert_allclose(summary["survival"], [1, 1, 1, 6 / 7, 6 / 7, 6 / 7, 6 / 7, 5 / 7, 5 / 7], rtol=1e-15)
     assert summary["kappa_per_segment"] == pytest.approx(fit.kappa, rel=1e-12) and fit.kappa > 0
     assert summary["kappa_per_module_evaluation"] == pytest.approx(fit.kappa / 8, rel=1e-12)
@@ -239,9 +251,9 @@ def test_fixed_threshold_decides_settling(tmp_path):
     """Test hypothesis: with tau fixed above every drift all never-solved failures settle; with
     tau below every drift none does (the fixture's drift is between 1e-3 and 1e3)."""
     high = tmp_path / "high"
-    run_study(fixture_config(threshold=1e6, segments_ext=6, settle_window=2), high)
+    run_study(fixture_config(threshold=1e6, segments_ext=6, settle_window=2, max_period=2, recurrence_window=2), high)
     res = load_npz(high / "results.npz")
     assert (res["fate"] == SETTLED_WRONG).all() and json.loads((high / "summary.json").read_text())["tau_source"] == "fixed"
     low = tmp_path / "low"
-    run_study(fixture_config(threshold=1e-6, segments_ext=6, settle_window=2), low)
+    run_study(fixture_config(threshold=1e-6, segments_ext=6, settle_window=2, max_period=2, recurrence_window=2), low)
     assert (load_npz(low / "results.npz")["fate"] == CHURNING).all()

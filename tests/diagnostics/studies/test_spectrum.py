@@ -12,11 +12,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from diagnostics.__main__ import run_study
 from diagnostics.adapters.step_map import SubUpdateMap, segment_ftle
 from diagnostics.adapters.trajectory import givens_count
 from diagnostics.config import DiagnoseConfig
+from diagnostics.estimators.dimension import kaplan_yorke_dimension
 from diagnostics.estimators.lyapunov import seed_method_lambda1
+from diagnostics.registry import run_study
+from diagnostics.studies import spectrum
 from diagnostics.studies.spectrum import SpectrumStudyConfig, example_frames
 from hrm.config import HRMConfig
 from model_core.checkpoint import load_checkpoint
@@ -190,6 +192,12 @@ def test_study_outputs_and_resume_after_deleting_a_shard(tmp_path):
     assert (summary["k"], summary["t_ons"], summary["dtype"], summary["n"], summary["estimator"]) == (2, 1, "float32", 12, "benettin_qr_jvp")
     assert len(summary["checkpoint_sha256"]) == 64 and summary["accuracy"] == first["exact"].mean()
     assert "| accuracy |" in (tmp_path / "report.md").read_text() and (tmp_path / "lambda1_hist.png").stat().st_size > 1000
+    np.testing.assert_array_equal(first["ky_dimension"], kaplan_yorke_dimension(first["lambda"]))  # pooled, in results.npz
+    local = summary["local_lambda1"]
+    assert local["segments"] == [1, 2] and len(local["quantiles"]) == 5 and summary["n_ky_at_k_bound"] == int((first["ky_dimension"] >= 2).sum())
+    for outcome, pick in (("success", first["exact"]), ("failure", ~first["exact"])):  # one-segment windows of [1, 2)
+        assert local[outcome] is None if not pick.any() else local[outcome][2] == pytest.approx(np.median(first["log_r_segment"][pick, 1, 0] / 8))
+    assert "## Dimension and local growth rates" in (tmp_path / "report.md").read_text()
     shard0 = tmp_path / "shards" / "batch_000000.npz"
     mtime = shard0.stat().st_mtime_ns
     (tmp_path / "shards" / "batch_000001.npz").unlink()
@@ -198,3 +206,60 @@ def test_study_outputs_and_resume_after_deleting_a_shard(tmp_path):
     assert shard0.stat().st_mtime_ns == mtime
     with np.load(tmp_path / "results.npz") as z:
         assert all(np.array_equal(z[key], first[key]) for key in first)
+
+
+def kaplan_yorke_by_hand(lam: np.ndarray) -> float:
+    """j + S_j / |lambda_(j+1)| by an explicit search for the last non-negative partial sum."""
+    total, j = 0.0, 0
+    while j < len(lam) and total + lam[j] >= 0:
+        total += lam[j]
+        j += 1
+    return float(j) if j in (0, len(lam)) else j + total / abs(lam[j])
+
+
+def test_dimension_and_local_growth_rates_on_the_linear_model():
+    """Test hypothesis: on the affine TRM (`linear_model`) the spectrum is log|eig(M)| / 6, so the
+    Kaplan-Yorke dimension of each example's 16 exponents is that of the eigenvalues (12.82; the
+    formula applied by hand to numpy's eigenvalues); once the frame is aligned (segment 40) the
+    leading frame direction grows by exactly |eig_1(M)| in every segment (M maps its eigenvector
+    onto itself), so every one-segment local rate, hence every quantile, is exact[0] = 0.955 per
+    sub-update and all windows expand. Reference: numpy eigvals. Tolerance: 1e-6 on lambda over
+    [40, 60) as test_linear_sub_update_map_gives_log_abs_eigenvalues (dD/dlambda <= 16 / 3.5),
+    1e-9 on the aligned local rates (observed ~1e-13). A summary made from lambda alone (as
+    `diagnostics.collect`'s tests build them) recomputes the dimension and has no local rates."""
+    smap, exact, _ = linear_model()
+    ftle = segment_ftle(smap, segments=60, k=16, generator=torch.Generator().manual_seed(1))
+    results = {"exact": np.array([True, False]), "lambda": ftle.exponents(start=40).numpy(), "log_r_segment": ftle.log_r_segment.numpy()}
+    results.update(spectrum.pooled(None, results))
+    expected = kaplan_yorke_by_hand(exact)
+    assert 12.8 < expected < 12.9
+    np.testing.assert_allclose(results["ky_dimension"], expected, atol=1e-5)
+    meta = {"sub_updates_per_segment": 6, "warmup_segments": 40, "k": 16}
+    summary = spectrum.summarise(results, meta, seed=0)
+    assert summary["median_ky_dimension_success"] == pytest.approx(expected, abs=1e-5) and summary["n_ky_at_k_bound"] == 0
+    local = summary["local_lambda1"]
+    assert local["segments"] == [40, 60] and local["window_segments"] == 1
+    np.testing.assert_allclose(local["success"] + local["failure"], exact[0], atol=1e-9)
+    assert local["fraction_positive_success"] == local["fraction_positive_failure"] == 1.0
+    report = spectrum.format_dimension_section(summary)
+    assert "| median_ky_dimension_success | 12.8" in report and "| success | 0.954904 |" in report
+    bare = spectrum.summarise({"exact": results["exact"], "lambda": results["lambda"]}, {"sub_updates_per_segment": 6}, seed=0)
+    assert bare["local_lambda1"] is None and bare["median_ky_dimension_failure"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_lambda1_is_the_first_column_not_the_biased_sorted_maximum():
+    """Degenerate leading exponents: k = 4 columns whose per-segment log growth is 0.3 per
+    sub-update plus independent noise. The first column's exponent is unbiased (mean 0.3); the
+    largest of the four sorted column exponents is biased upward by the order statistic, and the
+    more so the larger k, which is why the summary reports the first column as lambda_1."""
+    from diagnostics.studies.spectrum import first_column_exponent
+
+    rng = np.random.default_rng(0)
+    per_segment, segments = 4, 8
+    log_r = 0.3 * per_segment + rng.normal(0, 0.5, size=(4000, segments, 4))
+    first = first_column_exponent(log_r, 0, per_segment)
+    assert first.mean() == pytest.approx(0.3, abs=0.003)
+    np.testing.assert_allclose(first, log_r[:, :, 0].sum(1) / (segments * per_segment))
+    sorted_max = (log_r.sum(1) / (segments * per_segment)).max(1)
+    assert sorted_max.mean() > 0.3 + 0.03  # E[max of 4 N(0, s)] = 1.03 s, s = 0.5 sqrt(8) / 32 = 0.044
+    assert first_column_exponent(log_r, 2, per_segment) == pytest.approx(log_r[:, 2:, 0].sum(1) / (6 * per_segment))

@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 from scipy.special import expit
 from scipy.stats import norm
 
-from diagnostics.__main__ import run_study
 from diagnostics.config import DiagnoseConfig
-from diagnostics.estimators.statistics import (auc, bhattacharyya_gaussian, proportion_with_ci, cohens_d, cross_validated_probabilities, fit_logistic, histogram_overlap,
-                                    quantile_bins, stratified_auc, stratified_folds)
+from diagnostics.estimators.statistics import (auc, bhattacharyya_gaussian, cohens_d, cross_validated_probabilities, fit_logistic, histogram_overlap,
+                                               proportion_with_ci, quantile_bins, stratified_auc, stratified_folds)
+from diagnostics.registry import run_study
 from diagnostics.studies.displacement import DisplacementStudyConfig
 from diagnostics.studies.spectrum import SpectrumStudyConfig
 from diagnostics.studies.stats import StatsStudyConfig, exponent_scores, run_stats, window_exponents
@@ -247,6 +247,48 @@ def test_report_opens_with_the_verdict_including_an_extended_run(tmp_path):
     write_run(tmp_path / "extended64", {**ext_summary, "dtype": "float64"}, {"index": np.arange(60)})
     with pytest.raises(ConfigError, match=r"differ in dtype \(float32 vs float64\): stats joins runs of the same checkpoint and dataset"):
         run_stats(stats_config(spec, disp, tmp_path / "extended64"), tmp_path / "out2")
+
+
+def test_hrm_confidence_is_q_halt_minus_q_continue(tmp_path):
+    """A displacement run of a model that halts on q_halt > q_continue (HRM): the confidence
+    scored is the difference of the two logits at the last segment, and says so."""
+    spec, disp, a = synthetic_runs(tmp_path)
+    summary = json.loads((disp / "summary.json").read_text())
+    (disp / "summary.json").write_text(json.dumps({**summary, "halting_rule": "q_halt > q_continue"}))
+    with np.load(disp / "results.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    q_continue = np.random.default_rng(7).normal(size=arrays["q_halt"].shape)
+    np.savez(disp / "results.npz", **arrays, q_continue=q_continue)
+    assert run_stats(stats_config(spec, disp), tmp_path / "out") == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["confidence_score"] == "q_halt - q_continue"
+    assert s["auc"]["q_halt"]["auc"] == pytest.approx(auc(a["q_halt"] - q_continue[:, -1], a["success"]))
+
+
+def test_confidence_table_early_q_halt_and_strata_cis(tmp_path):
+    """Confident = q_halt > 0 after the last segment: counts and Wilson CIs equal a direct count;
+    the early-window q_halt AUC is over the unsolved at w; the decile-matched and givens-binned
+    AUCs carry bootstrap CIs that bracket them; the logistic gain carries a paired CI."""
+    spec, disp, a = synthetic_runs(tmp_path)
+    assert run_stats(stats_config(spec, disp), tmp_path / "out") == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    ok, conf = a["success"], a["q_halt"]
+    settled = a["d_late"] <= 1e-3
+    table = s["confidence"]
+    assert table["confident_failures"] == proportion_with_ci(int(((conf > 0) & ~ok).sum()), int((~ok).sum()))
+    assert table["confident_settled_failures"]["count"] == int(((conf > 0) & ~ok & settled).sum())
+    assert table["selective_accuracy"] == proportion_with_ci(int(((conf > 0) & ok).sum()), int((conf > 0).sum()))
+    with np.load(disp / "results.npz") as z:
+        q_w = z["q_halt"][:, 3]
+    unsolved = ~a["by_segment"][:, 3]
+    assert s["early_window"]["auc"]["q_halt"]["auc"] == pytest.approx(auc(q_w[unsolved], ok[unsolved]))
+    for key in ("decile_matched", "givens_binned"):
+        lo, hi = s[key]["ci95"]
+        assert lo <= s[key]["auc"] <= hi
+    lo, hi = s["logistic"]["delta_auc_ci95"]
+    assert lo <= s["logistic"]["delta_auc"] <= hi
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Confident failures and the selection ceiling" in report and "paired stratified bootstrap 95% CI" in report
 
 
 def test_config_composes_typed_and_rejects_mistyped_keys():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from diagnostics.__main__ import run_study
 from diagnostics.config import DiagnoseConfig
 from diagnostics.registry import STUDIES
+from diagnostics.registry import run_study
 from diagnostics.studies.validate import VALIDATE_CHECKS, ValidateStudyConfig
 import diagnostics.studies.validate as validate
 from runtime.errors import ConfigError
@@ -67,6 +68,21 @@ def test_validate_in_process_writes_table_and_summary(tmp_path):
     assert (tmp_path / "metrics.jsonl").is_file() and (tmp_path / "manifest.json").is_file()
 
 
+def test_clv_and_dimension_rows(tmp_path):
+    """The CLV and Kaplan-Yorke rows (issue 15): every row PASS; CLV alignment errors and the linear
+    dimensions at round-off (transients ~1e-17 or smaller); the Henon dimension within 1e-3 of its
+    long-run value 1 + 0.41922 / 1.62319 (the batch-mean spectrum of B = 2048, T = 2000)."""
+    cfg = typed_config("study.checks=[clv_eigen,clv_nonnormal,ky_linear,ky_henon]")
+    assert run_study(cfg, tmp_path) == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [r["check"] for r in rows] == ["clv_eigen"] * 6 + ["clv_nonnormal"] * 3 + ["ky_linear"] * 2 + ["ky_henon"]
+    assert all(r["status"] == "PASS" for r in rows)
+    assert max(r["error"] for r in rows[:9]) < 1e-10 and max(r["error"] for r in rows[9:11]) < 1e-12
+    assert rows[7]["expected"] == pytest.approx(9.926245506651705) and rows[8]["expected"] == pytest.approx(0.7 / 16.49**0.5)
+    assert rows[9]["expected"] == pytest.approx(2.151433284986890) and rows[10]["expected"] == pytest.approx(2.0 + math.log(1.4) / math.log(4.0), abs=1e-12)
+    assert rows[11]["expected"] == pytest.approx(1.0 + 0.41922 / 1.62319) and rows[11]["error"] <= 1e-3
+
+
 def test_failing_row_gives_exit_code_1(tmp_path, monkeypatch):
     """A row whose error exceeds its tolerance is reported as FAIL and the study returns 1."""
     bad = validate.CheckRow("shear", "lambda_1", 0.0, 0.5, 1e-3, note="forced")
@@ -116,5 +132,5 @@ def test_full_validate_study_passes(tmp_path):
     """Every known-answer row of analysis §7 within its tolerance (~20-35 s on one CPU core)."""
     assert run_study(typed_config(), tmp_path) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["n_failed"] == 0 and summary["n_rows"] == 22
+    assert summary["n_failed"] == 0 and summary["n_rows"] == 34
     assert {r["check"] for r in summary["rows"]} == set(VALIDATE_CHECKS)
