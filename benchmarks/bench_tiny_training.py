@@ -1,10 +1,11 @@
 """Accuracy of the CPU preset against wall time: does `experiment=sudoku_tiny` really learn?
 
     OMP_NUM_THREADS=2 python benchmarks/bench_tiny_training.py [--minutes 10] [--givens 45]
-        [--eval-every 150] [--out outputs/bench/tiny] [hydra overrides ...]
+        [--givens-max 54] [--eval-every 150] [--out outputs/bench/tiny] [hydra overrides ...]
 
 Trains the preset's model and optimisation (calibration.md) on generated 9x9 Sudoku (20,000 train,
-1,000 held-out test puzzles at `--givens`) for `--minutes` of wall time, evaluating on all 1,000
+1,000 held-out test puzzles at `--givens`, or a uniform mix of `--givens`..`--givens-max` per
+puzzle, the preset's 34..54 by default) for `--minutes` of wall time, evaluating on all 1,000
 test puzzles every `--eval-every` optimizer steps, then prints one row per evaluation: step, wall
 time since the first step (training + evaluations), exact and token accuracy, and the training
 speed. Run it on a quiet machine; the load average before and after is printed because other
@@ -33,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--givens", type=int, default=45)
+    parser.add_argument("--givens", type=int, default=34)
+    parser.add_argument("--givens-max", type=int, default=54, help="-1: every puzzle has --givens givens")
     parser.add_argument("--eval-every", type=int, default=150)
     parser.add_argument("--out", default="outputs/bench/tiny_training")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
@@ -43,7 +45,8 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     overrides = [
-        "experiment=sudoku_tiny", f"data.build.givens={args.givens}", "max_steps=null",
+        "experiment=sudoku_tiny", f"data.build.givens={args.givens}",
+        f"data.build.givens_max={'null' if args.givens_max < 0 else args.givens_max}", "max_steps=null",
         f"max_train_seconds={args.minutes * 60}", f"eval_interval={args.eval_every}",
         "checkpoint_interval=null", "logger=none", f"run_dir={out}", *args.overrides,
     ]
@@ -58,7 +61,8 @@ def main() -> None:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     start = next(r["time"] for r in records if r["step"] == 0)
     speed = {r["step"]: r["train/examples_per_s"] / cfg.global_batch_size for r in records if "train/examples_per_s" in r}
-    print(f"\nsudoku_tiny model on {args.givens}-givens Sudoku (20k train, 1000 test), torch threads {torch.get_num_threads()}, "
+    givens = f"{args.givens}" if args.givens_max < 0 else f"{args.givens}..{args.givens_max}"
+    print(f"\nsudoku_tiny model on {givens}-givens Sudoku (20k train, 1000 test), torch threads {torch.get_num_threads()}, "
           f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     print(f"{'step':>6} {'wall min':>9} {'exact':>7} {'token':>7}")
     for r in records:

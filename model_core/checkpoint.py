@@ -43,6 +43,7 @@ class LoadedCheckpoint:
     step: int
     kind: str  # "official" or "rrdyn"
     extra: dict[str, Any]
+    native_dtype: str = ""  # the forward dtype the checkpoint was trained in (before `overrides`)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ def load_checkpoint(
         arch = official_arch_config(all_config["arch"], state, seq_len, file)
         m = STEP_RE.match(file.name)
         kind, step, extra = "official", int(m.group(1)) if m else 0, {"all_config": all_config}
+    native_dtype = arch.forward_dtype
     for key, value in (overrides or {}).items():
         if not hasattr(arch, key):
             raise CheckpointError(f"unknown arch override {key!r}")
@@ -260,7 +262,7 @@ def load_checkpoint(
         check_finite(state, file)
     load_state_into(model.model, state)
     model.to(device).eval()
-    return LoadedCheckpoint(model=model, arch=arch, path=file, step=step, kind=kind, extra=extra)
+    return LoadedCheckpoint(model=model, arch=arch, path=file, step=step, kind=kind, extra=extra, native_dtype=native_dtype)
 
 
 # --- writing ---------------------------------------------------------------------------------------

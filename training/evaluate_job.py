@@ -32,7 +32,9 @@ log = get_logger("evaluate")
 @dataclass
 class EvaluateConfig:
     """evaluate.py options. `dtype` overrides the checkpoint's forward dtype (None keeps it);
-    `allow_non_finite` loads weights that hold NaN/Inf (refused otherwise)."""
+    `allow_non_finite` loads weights that hold NaN/Inf (refused otherwise); `restarts` > 1 turns
+    on restart-and-select inference (`select`, `sigma`, `restart_seed`: see
+    `training.evaluation.EvalOptions`)."""
 
     checkpoint: str = "???"
     data_path: str = "???"
@@ -48,6 +50,10 @@ class EvaluateConfig:
     use_ema: bool = True
     allow_non_finite: bool = False
     keep_logits: bool = True
+    restarts: int = 1
+    select: str = "q_halt"
+    sigma: float = 0.1
+    restart_seed: int = 0
     wandb: WandbConfig = field(default_factory=lambda: WandbConfig(mode="disabled"))
 
 
@@ -64,6 +70,7 @@ def run(cfg: EvaluateConfig) -> dict:
     ensure_writable_dir(cfg.output_dir)  # before any work: an unwritable folder fails now, not after the evaluation
     if cfg.dtype is not None and cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r} is not one of {sorted(DTYPES)}")
+    EvalOptions(restarts=cfg.restarts, select=cfg.select, sigma=cfg.sigma, act_halting=cfg.act_halting).check()  # before any work
     device = resolve_device(cfg.device)
     dist = init_distributed(device)
     try:
@@ -74,7 +81,8 @@ def run(cfg: EvaluateConfig) -> dict:
         loaded = load_checkpoint(cfg.checkpoint, seq_len=meta.seq_len, overrides=overrides, use_ema=cfg.use_ema, device=device,
                                  allow_non_finite=cfg.allow_non_finite)
         log.info("loaded %s checkpoint %s (arch %s, step %d)", loaded.kind, loaded.path, loaded.arch.name, loaded.step)
-        opts = EvalOptions(segments=cfg.segments, act_halting=cfg.act_halting, batch_size=cfg.batch_size, n=cfg.n, seed=cfg.seed, keep_logits=cfg.keep_logits)
+        opts = EvalOptions(segments=cfg.segments, act_halting=cfg.act_halting, batch_size=cfg.batch_size, n=cfg.n, seed=cfg.seed, keep_logits=cfg.keep_logits,
+                           restarts=cfg.restarts, select=cfg.select, sigma=cfg.sigma, restart_seed=cfg.restart_seed)
         start = time.perf_counter()
         result = evaluate_split(loaded.model, cfg.data_path, cfg.split, opts, device=device, dist=dist)
         if dist.is_main:
@@ -89,6 +97,12 @@ def run(cfg: EvaluateConfig) -> dict:
                     eval_set = "+".join(meta.sets)  # the key training logs under, so the two line up
                     sink.log({f"eval/{eval_set}/{k}": v for k, v in m.items() if isinstance(v, (int, float))}, step=loaded.step)
             log.info("exact %.4f  token %.4f  count %d  -> %s", m["exact_accuracy"], m["token_accuracy"], m["count"], cfg.output_dir)
+            if "restarts" in m:
+                r = m["restarts"]
+                ci = r["gain_ci95"] or [float("nan")] * 2
+                log.info("restart-and-select (K=%d, select=%s, sigma=%g): exact %.4f -> %.4f, gain %+.4f (95%% CI %+.4f to %+.4f); "
+                         "oracle best-of-K %.4f", r["k"], cfg.select, cfg.sigma, r["exact_accuracy_plain"], r["exact_accuracy_selected"],
+                         r["gain"], ci[0], ci[1], r["oracle_best_of_k"])
         return result.metrics
     finally:
         cleanup()

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import bootstrap
 
 from model_core.act import ACTModel
 from model_core.config import ArchConfig
-from model_core.core import RecurrentCore
+from model_core.core import LatentCarry, RecurrentCore
 from model_core.losses import IGNORE_LABEL_ID, ACTLossHead, stablemax_cross_entropy
 from puzzles.kinds import PuzzleKind, dataset_kind
 from puzzles.layout import PuzzleMetadata, PuzzleSplit, load_split
@@ -28,9 +29,21 @@ from runtime.errors import ConfigError, DatasetError
 from runtime.logging import rank0_tqdm
 
 
+SELECT_RULES = ("q_halt", "vote")
+
+
 @dataclass
 class EvalOptions:
-    """How to run inference. `n`/`seed` draw a seeded subsample (sorted indices)."""
+    """How to run inference. `n`/`seed` draw a seeded subsample (sorted indices).
+
+    restarts K > 1: restart-and-select inference. Restart 0 is the plain trajectory; restarts
+    1..K-1 start from the initial carry plus sigma x std(H_init) x eps on z_H and z_L (eps from
+    `restart_noise`, seeded by (restart_seed, example index, sigma, restart), as the basin study
+    draws it). Every restart runs the full budget; the answer is the restart chosen by `select`:
+    "q_halt", the one the model is most confident about after the last segment (q_halt, or
+    q_halt - q_continue for a model that halts on q_halt > q_continue); "vote", the answer most
+    restarts give (ties: the most confident). No oracle is involved; K times the compute.
+    """
 
     segments: int | None = None
     act_halting: bool = False
@@ -38,6 +51,21 @@ class EvalOptions:
     n: int | None = None
     seed: int = 0
     keep_logits: bool = True
+    restarts: int = 1
+    select: str = "q_halt"
+    sigma: float = 0.1
+    restart_seed: int = 0
+
+    def check(self) -> None:
+        """ConfigError for restart settings that cannot run."""
+        if self.restarts < 1:
+            raise ConfigError(f"restarts={self.restarts} must be >= 1 (1 = plain inference)")
+        if self.select not in SELECT_RULES:
+            raise ConfigError(f"select={self.select!r} is not one of {list(SELECT_RULES)}")
+        if self.restarts > 1 and not self.sigma > 0:
+            raise ConfigError(f"sigma={self.sigma} must be > 0 when restarts > 1 (sigma = 0 repeats one trajectory)")
+        if self.restarts > 1 and self.act_halting:
+            raise ConfigError("restarts > 1 runs the full segment budget; it does not combine with act_halting=true")
 
 
 @dataclass
@@ -80,9 +108,24 @@ def halting_fires(arch: ArchConfig, q_halt: torch.Tensor, q_continue: torch.Tens
     return q_halt > 0 if arch.no_ACT_continue else q_halt > q_continue
 
 
+def restart_noise(index: np.ndarray, sigma: float, restarts: int, state_shape: tuple[int, ...], seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """(len(index) * restarts, *state_shape) standard normal noise, row (i, r) at i * restarts + r,
+    each from a generator seeded by (seed, index[i], the float64 bits of sigma, r): a row's noise
+    does not depend on batching or on the other restarts."""
+    sigma_bits = int(np.float64(sigma).view(np.uint64))
+    rows = []
+    for idx in index:
+        for r in range(restarts):
+            state = np.random.SeedSequence([seed, int(idx), sigma_bits, r]).generate_state(1, dtype=np.uint64)[0]
+            rows.append(torch.randn(state_shape, generator=torch.Generator().manual_seed(int(state)), dtype=dtype))
+    return torch.stack(rows)
+
+
 @torch.no_grad()
-def run_segments(core: RecurrentCore, batch: dict[str, torch.Tensor], segments: int, act_halting: bool) -> dict[str, torch.Tensor]:
-    """Roll one batch for `segments` segments from the initial carry; return per-example records.
+def run_segments(core: RecurrentCore, batch: dict[str, torch.Tensor], segments: int, act_halting: bool,
+                 carry: LatentCarry | None = None) -> dict[str, torch.Tensor]:
+    """Roll one batch for `segments` segments from `carry` (default: the initial carry); return
+    per-example records.
 
     Returns logits (B, L, V) float32 at the final segment (with act_halting: at the halting
     segment), q_halt_logits / q_continue_logits (B, S) float32, exact_by_segment (B, S) bool and
@@ -91,7 +134,7 @@ def run_segments(core: RecurrentCore, batch: dict[str, torch.Tensor], segments: 
     arch = core.config
     labels = batch["labels"]
     B = labels.shape[0]
-    carry = core.initial_carry(B, labels.device)
+    carry = core.initial_carry(B, labels.device) if carry is None else carry
     mask = labels != IGNORE_LABEL_ID
     q_halt, q_cont, exact = [], [], []
     halt_segment = torch.full((B,), segments, dtype=torch.int64, device=labels.device)
@@ -121,6 +164,47 @@ def run_segments(core: RecurrentCore, batch: dict[str, torch.Tensor], segments: 
     }
 
 
+def select_restart(preds: torch.Tensor, confidence: torch.Tensor, rule: str) -> torch.Tensor:
+    """(B,) int64 index of the chosen restart. preds (B, K, L) answers, confidence (B, K) the
+    model's own halting confidence. "q_halt": the most confident restart (the first on ties);
+    "vote": a restart giving the answer most restarts give, ties between answers broken by the
+    higher confidence."""
+    if rule == "q_halt":
+        return confidence.argmax(1)
+    votes = (preds[:, :, None] == preds[:, None]).all(-1).sum(-1).to(torch.float64)  # (B, K): restarts agreeing with each
+    return (votes + 0.5 * torch.sigmoid(confidence.to(torch.float64))).argmax(1)  # the bonus < 1 only breaks ties
+
+
+@torch.no_grad()
+def restart_and_select(core: RecurrentCore, batch: dict[str, torch.Tensor], rows: np.ndarray, segments: int,
+                       opts: EvalOptions) -> dict[str, torch.Tensor]:
+    """`run_segments` records of restart 0, with `logits` replaced by the selected restart's, plus
+    restart_exact (B, K) bool, restart_confidence (B, K) float32 (final-segment confidence),
+    restart_chosen (B,) int64 and exact_unperturbed (B,) bool."""
+    arch = core.config
+    K, B = opts.restarts, len(rows)
+    base = run_segments(core, batch, segments, act_halting=False)
+    z0 = core.initial_carry(B, batch["inputs"].device)
+    scale = float(core.H_init.double().std(correction=0))
+    shape = (2, *z0.z_H.shape[1:])
+    noise = restart_noise(rows, opts.sigma, K - 1, shape, opts.restart_seed, torch.float32).to(z0.z_H.device)  # (B * (K-1), 2, S, D)
+    reps = {k: v.repeat_interleave(K - 1, 0) for k, v in batch.items()}
+    step = opts.sigma * scale
+    start = LatentCarry((z0.z_H.repeat_interleave(K - 1, 0) + step * noise[:, 0]).to(z0.z_H.dtype),
+                        (z0.z_L.repeat_interleave(K - 1, 0) + step * noise[:, 1]).to(z0.z_L.dtype))
+    kicked = run_segments(core, reps, segments, act_halting=False, carry=start)
+    logits = torch.cat([base["logits"][:, None], kicked["logits"].view(B, K - 1, *base["logits"].shape[1:])], 1)  # (B, K, L, V)
+    last = lambda out: out["q_halt_logits"][:, -1] - (0 if arch.no_ACT_continue else out["q_continue_logits"][:, -1])  # noqa: E731
+    confidence = torch.cat([last(base)[:, None], last(kicked).view(B, K - 1)], 1)  # (B, K)
+    preds = logits.argmax(-1)  # (B, K, L)
+    chosen = select_restart(preds, confidence, opts.select)
+    labels = batch["labels"]
+    mask = labels != IGNORE_LABEL_ID
+    restart_exact = ((preds == labels[:, None]) | ~mask[:, None]).all(-1)
+    return {**base, "logits": logits[torch.arange(B), chosen], "restart_exact": restart_exact, "restart_chosen": chosen,
+            "restart_confidence": confidence, "exact_unperturbed": base["exact_by_segment"][:, -1]}
+
+
 def evaluate_split(
     model: ACTLossHead | ACTModel | RecurrentCore,
     data_root: str | Path,
@@ -133,6 +217,7 @@ def evaluate_split(
     """Evaluate `model` on `data_root/split`. Under torchrun each rank takes a contiguous shard and
     rank 0 gathers; other ranks get an EvalResult with empty metrics."""
     opts = opts or EvalOptions()
+    opts.check()
     core = _core_of(model)
     arch = core.config
     data = load_split(data_root, split)
@@ -160,7 +245,7 @@ def evaluate_split(
             "labels": labels.to(device),
             "puzzle_identifiers": torch.from_numpy(puzzle_ids[start : start + opts.batch_size].astype(np.int32)).to(device),
         }
-        out = run_segments(core, batch, segments, opts.act_halting)
+        out = run_segments(core, batch, segments, opts.act_halting) if opts.restarts == 1 else restart_and_select(core, batch, rows, segments, opts)
         mask = batch["labels"] != IGNORE_LABEL_ID
         preds = out["logits"].argmax(-1)
         token_acc = ((preds == batch["labels"]) & mask).sum(-1) / mask.sum(-1).clamp_min(1)
@@ -212,7 +297,33 @@ def summarize(arrays: dict[str, np.ndarray], kind: PuzzleKind, segments: int, ac
     arrays.update(extra_arrays)
     metrics.update(extra_metrics)
     metrics["puzzle_kind"] = kind.name
+    if "restart_exact" in arrays:
+        metrics["restarts"] = restart_metrics(arrays)
     return metrics
+
+
+def restart_metrics(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
+    """Restart-and-select figures: exact accuracy of the plain trajectory and of the selected
+    answer, the gain with a 95% percentile bootstrap CI over examples (paired: each example's
+    selected minus plain outcome, `scipy.stats.bootstrap`, 1000 resamples, seeded), how often the
+    selection kept the plain answer, and the oracle best-of-K (some restart right: a ceiling no
+    selector without the labels can pass)."""
+    selected = arrays["exact"].astype(np.float64)
+    plain = arrays["exact_unperturbed"].astype(np.float64)
+    diff = selected - plain
+    ci = None
+    if len(diff) >= 2:
+        res = bootstrap((diff,), np.mean, n_resamples=1000, method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
+        ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+    return {
+        "k": int(arrays["restart_exact"].shape[1]),
+        "exact_accuracy_plain": float(plain.mean()),
+        "exact_accuracy_selected": float(selected.mean()),
+        "gain": float(diff.mean()),
+        "gain_ci95": ci,
+        "kept_plain_answer": float((arrays["restart_chosen"] == 0).mean()),
+        "oracle_best_of_k": float(arrays["restart_exact"].any(1).mean()),
+    }
 
 
 def write_eval_outputs(out_dir: str | Path, result: EvalResult, extra: dict | None = None) -> None:

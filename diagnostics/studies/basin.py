@@ -64,6 +64,7 @@ from diagnostics.inputs import StudyInputs
 from diagnostics.report import markdown_table, new_figure, save_figure, settings_table
 from runtime.errors import ConfigError
 from runtime.logging import get_logger
+from training.evaluation import restart_noise  # the same noise as evaluate.py's restart-and-select
 
 log = get_logger("diagnostics.basin")
 WHERE = {"z_H": (0,), "z_L": (1,), "both": (0, 1)}  # state channels perturbed, (B, 2, S, D) layout
@@ -104,18 +105,6 @@ class BasinStudyConfig(BatchedStudyConfig):
 
 
 # --- noise and restarts ---------------------------------------------------------------------------------
-
-def restart_noise(index: np.ndarray, sigma: float, restarts: int, state_shape: tuple[int, ...], seed: int, dtype: torch.dtype) -> torch.Tensor:
-    """(len(index) * restarts, *state_shape) standard normal noise, row (i, r) at i * restarts + r,
-    each from a generator seeded by (seed, index[i], the float64 bits of sigma, r)."""
-    sigma_bits = int(np.float64(sigma).view(np.uint64))
-    rows = []
-    for idx in index:
-        for r in range(restarts):
-            state = np.random.SeedSequence([seed, int(idx), sigma_bits, r]).generate_state(1, dtype=np.uint64)[0]
-            rows.append(torch.randn(state_shape, generator=torch.Generator().manual_seed(int(state)), dtype=dtype))
-    return torch.stack(rows)
-
 
 def perturb(z0: torch.Tensor, noise: torch.Tensor, sigma: float, scale: float, where: str) -> torch.Tensor:
     """z0 (B, 2, S, D) + sigma * scale * noise on the channels of `where`; z0 itself when sigma = 0."""

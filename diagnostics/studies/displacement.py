@@ -61,9 +61,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from diagnostics.adapters.step_map import SubUpdateMap
 from diagnostics.adapters.trajectory import (DRIFT_FLOOR, LATE_WINDOW, OTSU_BINS, check_success_rule, floored_log_drift, late_drift,
-                                             resolution_floor, segment_record, settling_threshold)
+                                             record_rollout, resolution_floor, segment_record, settling_threshold)
 from diagnostics.config import BatchedStudyConfig
 from diagnostics.driver import BatchedRun
 from diagnostics.estimators.statistics import (BOOTSTRAP_SAMPLES, SETTLING_CELLS, auc_with_ci, fraction_below, median_or_none, none_if_nan,
@@ -71,7 +73,8 @@ from diagnostics.estimators.statistics import (BOOTSTRAP_SAMPLES, SETTLING_CELLS
 from diagnostics.report import markdown_table, new_figure, save_figure, settings_table
 from runtime.errors import ConfigError
 
-FIGURES = {"drift": "drift_curves.png", "hist": "d_late_hist.png", "cells": "cells.png"}
+FIGURES = {"drift": "drift_curves.png", "hist": "d_late_hist.png", "cells": "cells.png", "pca": "trajectories_pca.png"}
+PCA_EXAMPLES = 4  # successes and failures each drawn in the PCA figure
 HEADLINES = (
     ("tau", "tau", None),
     ("A settled&correct", "cells.A.count", None),
@@ -143,7 +146,27 @@ def pooled(run: BatchedRun, results: dict[str, np.ndarray]) -> dict[str, np.ndar
     log_tau, _ = settling_threshold(log_d, threshold=study.threshold, drift_floor=study.drift_floor, otsu_bins=study.otsu_bins)
     per_segment = floored_log_drift(results["drift_zH"], resolution_floor(results["norm_zH"], run.cfg.dtype, study.drift_floor))
     first, stays = band_entry(per_segment, log_tau)
+    run.meta.update(native_label_check(run, results))  # recorded in summary.json beside the provenance
     return {"d_late": d_late, "d_floor": d_floor, "log10_d_late": log_d, "first_settled": first, "stays_settled": stays}
+
+
+def native_label_check(run: BatchedRun, results: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Success is labelled by the study's recurrence (float32/float64). When the checkpoint was
+    trained in another dtype (bf16 for the recipes), roll the sample once more in that dtype, as
+    evaluate.py does by default, and count the examples whose exact label differs."""
+    native = run.inputs.checkpoint.native_dtype
+    out: dict[str, Any] = {"success_labelled_in": run.cfg.dtype, "native_dtype": native or None, "n_label_disagree_native": None}
+    if not native or native == run.cfg.dtype:
+        return out
+    from model_core.checkpoint import load_checkpoint  # noqa: PLC0415 (only for checkpoints trained in another dtype)
+    from training.evaluation import run_segments  # noqa: PLC0415
+
+    core = load_checkpoint(run.inputs.checkpoint.path, seq_len=run.inputs.metadata.seq_len, device=run.device,
+                           allow_non_finite=run.cfg.allow_non_finite).model.model.inner
+    exact = [run_segments(core, batch, run.segments, act_halting=False)["exact_by_segment"][:, -1].cpu().numpy()
+             for _, _, batch in run.inputs.batches(run.cfg.batch_size)]
+    out["n_label_disagree_native"] = int((np.concatenate(exact) != results["exact"].astype(bool)).sum())
+    return out
 
 
 def band_entry(log_drift: np.ndarray, log_tau: float) -> tuple[np.ndarray, np.ndarray]:
@@ -294,7 +317,48 @@ def figures(run: BatchedRun, results: dict[str, np.ndarray], summary: dict[str, 
         plot_drift_curves(results, out / FIGURES["drift"], f"{name}: drift per segment ({run.cfg.dtype})", study.drift_floor),
         plot_d_late_hist(results, summary, out / FIGURES["hist"], f"{name}: late drift, last {study.late_window} segments", study.drift_floor),
         plot_cells(summary, out / FIGURES["cells"], f"{name}: settled x outcome"),
+        plot_pca_trajectories(run, results, out / FIGURES["pca"], f"{name}: z_H trajectories, first two principal components"),
     ]
+
+
+def pca_trajectories(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coordinates (M, T, 2), explained variance ratio (2,)) of M trajectories of T states each
+    (M, T, ...) projected on the first two principal components of all M x T states pooled."""
+    m, t = states.shape[:2]
+    flat = states.reshape(m * t, -1).astype(np.float64)
+    centred = flat - flat.mean(0)
+    _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+    ratio = sing**2 / max(float((sing**2).sum()), np.finfo(np.float64).tiny)
+    return (centred @ vt[:2].T).reshape(m, t, 2), ratio[:2]
+
+
+def plot_pca_trajectories(run: BatchedRun, results: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """The first PCA_EXAMPLES successes and failures of the sample rolled again (same segments,
+    z_H after each segment from the reset carry), drawn in the plane of the first two principal
+    components of their pooled states: settling trajectories end in a point, wandering ones do not."""
+    success = results["success"].astype(bool)
+    picks = np.r_[np.flatnonzero(success)[:PCA_EXAMPLES], np.flatnonzero(~success)[:PCA_EXAMPLES]]
+    fig = new_figure()
+    ax = fig.add_subplot()
+    if len(picks):
+        batch = {"inputs": torch.from_numpy(run.inputs.inputs[picks]).to(run.device),
+                 "labels": torch.from_numpy(run.inputs.labels[picks]).to(run.device),
+                 "puzzle_identifiers": torch.from_numpy(run.inputs.puzzle_ids[picks]).to(run.device)}
+        smap = SubUpdateMap(run.inputs.core, batch)
+        traj = record_rollout(smap, run.segments, keep_last=run.segments)
+        z0 = smap.initial_state()[:, 0].to(torch.float64)[:, None]
+        states = torch.cat([z0, traj.late_zH], 1).cpu().numpy()  # (M, S + 1, P + L, D)
+        coords, ratio = pca_trajectories(states)
+        for i, row in enumerate(picks):
+            color = "tab:blue" if success[row] else "tab:red"
+            ax.plot(coords[i, :, 0], coords[i, :, 1], "-o", color=color, markersize=2, linewidth=1, alpha=0.8,
+                    label=("success" if success[row] else "failure") if i in (0, int(success[picks].sum())) else None)
+            ax.plot(coords[i, -1, 0], coords[i, -1, 1], "s", color=color, markersize=5)
+        ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
+        ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}% of variance)" if len(ratio) > 1 else "PC2")
+        ax.legend()
+    ax.set_title(title)
+    return save_figure(fig, path)
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -311,7 +375,7 @@ def band_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def format_report(summary: dict[str, Any]) -> str:
     """report.md: settings, results, the 2x2 table, the sensitivity sweep and the figures."""
     settings = ["checkpoint", "checkpoint_sha256", "n", "segments", "late_window", "success_rule", "threshold_method", "otsu_bins",
-                "drift_floor", "dtype"]
+                "drift_floor", "dtype", "success_labelled_in", "native_dtype", "n_label_disagree_native"]
     results = ["accuracy", "accuracy_exact", "n_success", "n_failure", "median_d_late_success", "median_d_late_failure", "tau",
                "log10_tau", "separability", "n_at_floor", "min_failure_d_late", "success_below_min_failure", "auc_neg_d_late", "auc_neg_d_late_ci95"]
 
@@ -321,7 +385,7 @@ def format_report(summary: dict[str, Any]) -> str:
                                              f"({summary['min_failure_d_late']:.3e}) exceeds {100 * below:.1f}% of success d_late.")
     return "\n\n".join([
         "# Late displacement and settling",
-        "## Settings\n\n" + settings_table(summary, settings),
+        "## Settings\n\n" + settings_table(summary, [key for key in settings if key in summary]),
         "## Results\n\nd_late = mean ||z_H(t) - z_H(t-1)||_2 over the last late_window segments; settled = d_late <= tau; "
         "separability = Otsu's eta of the split of log10 d_late at tau (near 1: bimodal; low: tau is arbitrary); "
         "AUC of -d_late for success (Mann-Whitney, ties averaged) with a seeded bootstrap 95% CI.\n\n"
@@ -337,4 +401,7 @@ def format_report(summary: dict[str, Any]) -> str:
         + markdown_table([{**row, "percentile": f"{row['percentile']:g}"} for row in summary["sweep"]],
                          ("percentile", "tau", "A", "B", "C", "D")),
         f"![drift per segment]({FIGURES['drift']})\n\n![log10 d_late]({FIGURES['hist']})",
+        f"Trajectories of {PCA_EXAMPLES} successes (blue) and {PCA_EXAMPLES} failures (red) from the reset carry, z_H after each "
+        f"segment projected on the first two principal components of their pooled states (squares: segment S).\n\n"
+        f"![PCA of trajectories]({FIGURES['pca']})",
     ])

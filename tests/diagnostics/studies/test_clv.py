@@ -12,11 +12,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from diagnostics.registry import run_study
 from diagnostics.adapters.step_map import SubUpdateMap, segment_ftle
 from diagnostics.config import DiagnoseConfig
 from diagnostics.estimators.clv import clv_along_orbit, line_angle
 from diagnostics.inputs import load_study_inputs
+from diagnostics.registry import run_study
 from diagnostics.studies import clv
 from diagnostics.studies.clv import ClvStudyConfig, example_draws, segment_angles
 from diagnostics.studies.spectrum import example_frames

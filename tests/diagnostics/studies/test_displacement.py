@@ -207,7 +207,7 @@ def test_outputs_on_the_fixture(finished):
     assert s["auc_neg_d_late"] is not None and len(s["checkpoint_sha256"]) == 64
     report = (out / "report.md").read_text()
     assert "| D | unsettled & wrong |" in report and "## Threshold sensitivity" in report
-    for name in ("drift_curves.png", "d_late_hist.png", "cells.png", "manifest.json", "metrics.jsonl"):
+    for name in ("drift_curves.png", "d_late_hist.png", "cells.png", "trajectories_pca.png", "manifest.json", "metrics.jsonl"):
         assert (out / name).stat().st_size > 100
     assert not math.isnan(s["tau"])
 
@@ -246,3 +246,85 @@ def test_band_entry_first_segment_and_staying():
     first, stays = band_entry(log_drift, -4.0)
     assert first.tolist() == [2, 1, -1, 4] and stays.tolist() == [True, False, False, True]
     assert band_entry(log_drift, float("nan"))[0].tolist() == [-1] * 4
+
+
+def test_d_late_and_auc_match_a_direct_rollout_of_the_official_checkpoint(crafted_data, finished):
+    """The fixture was trained by the official TRM code. Independently of the study's step map,
+    run the checkpoint's own segment forward (the inner model the ACT wrapper calls once per
+    segment; the wrapper itself would reset the carry after halt_max_steps = 4 < S = 5) for S
+    segments from the reset carry, take drift_zH(t) = ||z_H(t) - z_H(t-1)||_2 over the whole (P+L) x D tensor and
+    d_late = its mean over the last 4 segments (analysis §3): the study's per-example d_late and
+    its AUC(-d_late -> success) agree."""
+    import torch
+
+    from diagnostics.estimators.statistics import auc
+
+    _, r, s = finished
+    inputs = load_study_inputs(str(FIXTURE / "run"), str(crafted_data), n=N, seed=0)
+    act = inputs.checkpoint.model.model
+    act.eval()
+    drift, preds = [], None
+    with torch.no_grad():
+        for _, _, batch in inputs.batches(BATCH):
+            carry = act.inner.reset_carry(torch.ones(len(batch["inputs"]), dtype=torch.bool), act.initial_carry(batch).inner)
+            z_prev = carry.z_H.double()
+            rows = []
+            for _ in range(SEGMENTS):
+                carry, out = act.inner(carry, batch)
+                z = carry.z_H.double()
+                rows.append((z - z_prev).flatten(1).norm(dim=1))
+                z_prev = z
+            drift.append(torch.stack(rows, 1))
+            preds = out.logits.argmax(-1) if preds is None else torch.cat([preds, out.logits.argmax(-1)])
+    d_late = torch.cat(drift)[:, -4:].mean(1).numpy()
+    np.testing.assert_allclose(r["d_late"], d_late, rtol=1e-5)
+    success = ((preds.numpy() == inputs.labels) | (inputs.labels == -100)).all(1)  # ignored cells (label 0 = pad) do not count
+    assert np.array_equal(success, r["success"])
+    assert s["auc_neg_d_late"] == pytest.approx(auc(-d_late, success), abs=1e-12)
+
+
+def test_pca_of_trajectories_on_a_known_plane():
+    """States on a plane spanned by two orthogonal directions with variances 9 and 1 (and no
+    other component): PC1 and PC2 explain 90% and 10%, and the coordinates reproduce the
+    centred in-plane positions up to sign."""
+    from diagnostics.studies.displacement import pca_trajectories
+
+    rng = np.random.default_rng(2)
+    u, v = np.linalg.qr(rng.normal(size=(12, 2)))[0].T
+    a = rng.normal(size=(3, 40))
+    b = rng.normal(size=(3, 40))
+    a = (a - a.mean()) / a.std() * 3
+    b = (b - b.mean()) / b.std()
+    b -= a * (a * b).sum() / (a * a).sum()  # exactly uncorrelated with a
+    b /= b.std()
+    states = (a[..., None] * u + b[..., None] * v).reshape(3, 40, 3, 4)
+    coords, ratio = pca_trajectories(states)
+    assert ratio == pytest.approx([0.9, 0.1], abs=1e-9) and coords.shape == (3, 40, 2)
+    np.testing.assert_allclose(np.abs(coords[..., 0]), np.abs(a), atol=1e-9)
+    np.testing.assert_allclose(np.abs(coords[..., 1]), np.abs(b), atol=1e-9)
+
+
+def test_labels_of_a_bf16_checkpoint_are_compared_with_its_native_evaluation(crafted_data, tmp_path):
+    """The same weights declared as trained in bfloat16: the study labels success in float32 and
+    says so, and counts the examples whose label differs from a bf16 evaluation of the same sample
+    (evaluate.py's default for such a checkpoint), computed here with evaluate_split."""
+    from training.evaluation import EvalOptions, evaluate_split
+
+    from model_core.checkpoint import load_checkpoint
+
+    run_dir = Path(shutil.copytree(FIXTURE / "run", tmp_path / "bf16run"))
+    config = (run_dir / "all_config.yaml").read_text().replace("forward_dtype: float32", "forward_dtype: bfloat16")
+    (run_dir / "all_config.yaml").write_text(config)
+    cfg = dataclasses.replace(study_config(crafted_data), checkpoint=str(run_dir))
+    out = tmp_path / "out"
+    assert run_study(cfg, out) == 0
+    s = json.loads((out / "summary.json").read_text())
+    with np.load(out / "results.npz") as z:
+        exact32 = z["exact"].astype(bool)
+    loaded = load_checkpoint(run_dir, seq_len=81)
+    assert loaded.native_dtype == loaded.arch.forward_dtype == "bfloat16"
+    native = evaluate_split(loaded.model, crafted_data, opts=EvalOptions(n=N, seed=0, segments=SEGMENTS, batch_size=BATCH, keep_logits=False),
+                            progress=False)
+    assert (s["success_labelled_in"], s["native_dtype"]) == ("float32", "bfloat16")
+    assert s["n_label_disagree_native"] == int((native.arrays["exact"] != exact32).sum())
+    assert "| n_label_disagree_native |" in (out / "report.md").read_text()
