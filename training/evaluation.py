@@ -8,6 +8,7 @@ q_halt > q_continue). Segments may exceed `halt_max_steps` (extended rollouts).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -24,12 +25,12 @@ from model_core.losses import IGNORE_LABEL_ID, ACTLossHead, stablemax_cross_entr
 from puzzles.kinds import PuzzleKind, dataset_kind
 from puzzles.layout import PuzzleMetadata, PuzzleSplit, load_split
 from runtime.atomic import atomic_write_bytes, atomic_write_text
-from runtime.dist import DistInfo, gather_arrays_to_rank0
+from runtime.dist import DistInfo, fail_together, gather_arrays_to_rank0, inject_fault
 from runtime.errors import ConfigError, DatasetError
 from runtime.logging import rank0_tqdm
 
 
-SELECT_RULES = ("q_halt", "vote")
+SELECT_RULES = ("q_halt", "vote", "adaptive")
 
 
 @dataclass
@@ -42,7 +43,11 @@ class EvalOptions:
     draws it). Every restart runs the full budget; the answer is the restart chosen by `select`:
     "q_halt", the one the model is most confident about after the last segment (q_halt, or
     q_halt - q_continue for a model that halts on q_halt > q_continue); "vote", the answer most
-    restarts give (ties: the most confident). No oracle is involved; K times the compute.
+    restarts give (ties: the most confident); "adaptive", restarts in order until one ends
+    confident (its halting rule fires after the last segment), else the most confident: the
+    low-confidence trajectories are abandoned and their budget spent on a fresh restart. No
+    oracle is involved; "q_halt" and "vote" cost K times the compute, "adaptive" only the
+    restarts it runs (reported as `mean_segments`).
     """
 
     segments: int | None = None
@@ -168,9 +173,13 @@ def select_restart(preds: torch.Tensor, confidence: torch.Tensor, rule: str) -> 
     """(B,) int64 index of the chosen restart. preds (B, K, L) answers, confidence (B, K) the
     model's own halting confidence. "q_halt": the most confident restart (the first on ties);
     "vote": a restart giving the answer most restarts give, ties between answers broken by the
-    higher confidence."""
+    higher confidence; "adaptive": the first restart that ends confident (> 0), else the most
+    confident."""
     if rule == "q_halt":
         return confidence.argmax(1)
+    if rule == "adaptive":
+        fired = confidence > 0
+        return torch.where(fired.any(1), fired.to(torch.int64).argmax(1), confidence.argmax(1))
     votes = (preds[:, :, None] == preds[:, None]).all(-1).sum(-1).to(torch.float64)  # (B, K): restarts agreeing with each
     return (votes + 0.5 * torch.sigmoid(confidence.to(torch.float64))).argmax(1)  # the bonus < 1 only breaks ties
 
@@ -213,9 +222,11 @@ def evaluate_split(
     device: torch.device | str = "cpu",
     dist: DistInfo | None = None,
     progress: bool = True,
+    index: np.ndarray | None = None,
 ) -> EvalResult:
     """Evaluate `model` on `data_root/split`. Under torchrun each rank takes a contiguous shard and
-    rank 0 gathers; other ranks get an EvalResult with empty metrics."""
+    rank 0 gathers; other ranks get an EvalResult with empty metrics. `index`: the example indices
+    to score (e.g. the validation examples held out of train), instead of `opts.n`'s subsample."""
     opts = opts or EvalOptions()
     opts.check()
     core = _core_of(model)
@@ -226,7 +237,7 @@ def evaluate_split(
     segments = opts.segments or arch.halt_max_steps
     if segments < 1 or opts.batch_size < 1:
         raise ConfigError(f"segments ({segments}) and batch_size ({opts.batch_size}) must be >= 1")
-    index = select_indices(len(data.inputs), opts.n, opts.seed)
+    index = select_indices(len(data.inputs), opts.n, opts.seed) if index is None else np.asarray(index)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     shard = np.array_split(index, world)[rank]
     puzzle_ids = example_puzzle_ids(data, shard)
@@ -235,35 +246,39 @@ def evaluate_split(
     core.eval()
     records: dict[str, list[np.ndarray]] = {}
     starts = range(0, len(shard), opts.batch_size)
-    for start in rank0_tqdm(starts, desc=f"eval {Path(data_root).name}/{split}", disable=not progress, total=len(starts)):
-        rows = shard[start : start + opts.batch_size]
-        labels = torch.from_numpy(np.asarray(data.labels[rows]).astype(np.int64))
-        if meta.ignore_label_id is not None:
-            labels = torch.where(labels == meta.ignore_label_id, IGNORE_LABEL_ID, labels)
-        batch = {
-            "inputs": torch.from_numpy(np.asarray(data.inputs[rows]).astype(np.int32)).to(device),
-            "labels": labels.to(device),
-            "puzzle_identifiers": torch.from_numpy(puzzle_ids[start : start + opts.batch_size].astype(np.int32)).to(device),
-        }
-        out = run_segments(core, batch, segments, opts.act_halting) if opts.restarts == 1 else restart_and_select(core, batch, rows, segments, opts)
-        mask = batch["labels"] != IGNORE_LABEL_ID
-        preds = out["logits"].argmax(-1)
-        token_acc = ((preds == batch["labels"]) & mask).sum(-1) / mask.sum(-1).clamp_min(1)
-        lm_loss = (stablemax_cross_entropy(out["logits"], batch["labels"]).sum(-1) / mask.sum(-1).clamp_min(1)).to(torch.float32)
-        rec = {
-            "index": torch.from_numpy(rows),
-            "preds": preds.to(torch.uint8 if arch.vocab_size <= 256 else torch.int32),
-            "labels": torch.where(mask, batch["labels"], -100).to(torch.int16),
-            "inputs": batch["inputs"].to(torch.int16),
-            "exact": ((preds == batch["labels"]) | ~mask).all(-1),
-            "token_accuracy": token_acc.to(torch.float32),
-            "lm_loss": lm_loss,
-            **{k: v for k, v in out.items() if k != "logits"},
-        }
-        if opts.keep_logits:
-            rec["logits"] = out["logits"]
-        for key, value in rec.items():
-            records.setdefault(key, []).append(value.cpu().numpy())
+    # One rank failing on its shard stops every rank before the gather below (else they hang in it).
+    guard = fail_together("evaluation") if world > 1 else contextlib.nullcontext()
+    with guard:
+        inject_fault("eval")
+        for start in rank0_tqdm(starts, desc=f"eval {Path(data_root).name}/{split}", disable=not progress, total=len(starts)):
+            rows = shard[start : start + opts.batch_size]
+            labels = torch.from_numpy(np.asarray(data.labels[rows]).astype(np.int64))
+            if meta.ignore_label_id is not None:
+                labels = torch.where(labels == meta.ignore_label_id, IGNORE_LABEL_ID, labels)
+            batch = {
+                "inputs": torch.from_numpy(np.asarray(data.inputs[rows]).astype(np.int32)).to(device),
+                "labels": labels.to(device),
+                "puzzle_identifiers": torch.from_numpy(puzzle_ids[start : start + opts.batch_size].astype(np.int32)).to(device),
+            }
+            out = run_segments(core, batch, segments, opts.act_halting) if opts.restarts == 1 else restart_and_select(core, batch, rows, segments, opts)
+            mask = batch["labels"] != IGNORE_LABEL_ID
+            preds = out["logits"].argmax(-1)
+            token_acc = ((preds == batch["labels"]) & mask).sum(-1) / mask.sum(-1).clamp_min(1)
+            lm_loss = (stablemax_cross_entropy(out["logits"], batch["labels"]).sum(-1) / mask.sum(-1).clamp_min(1)).to(torch.float32)
+            rec = {
+                "index": torch.from_numpy(rows),
+                "preds": preds.to(torch.uint8 if arch.vocab_size <= 256 else torch.int32),
+                "labels": torch.where(mask, batch["labels"], -100).to(torch.int16),
+                "inputs": batch["inputs"].to(torch.int16),
+                "exact": ((preds == batch["labels"]) | ~mask).all(-1),
+                "token_accuracy": token_acc.to(torch.float32),
+                "lm_loss": lm_loss,
+                **{k: v for k, v in out.items() if k != "logits"},
+            }
+            if opts.keep_logits:
+                rec["logits"] = out["logits"]
+            for key, value in rec.items():
+                records.setdefault(key, []).append(value.cpu().numpy())
     if was_training:
         core.train()
 
@@ -307,16 +322,22 @@ def restart_metrics(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
     answer, the gain with a 95% percentile bootstrap CI over examples (paired: each example's
     selected minus plain outcome, `scipy.stats.bootstrap`, 1000 resamples, seeded), how often the
     selection kept the plain answer, and the oracle best-of-K (some restart right: a ceiling no
-    selector without the labels can pass)."""
+    selector without the labels can pass). `restarts_run_if_adaptive`: the mean number of
+    restarts the adaptive rule runs (its compute in units of the plain evaluation; the other
+    rules run all k)."""
     selected = arrays["exact"].astype(np.float64)
     plain = arrays["exact_unperturbed"].astype(np.float64)
+    k = int(arrays["restart_exact"].shape[1])
+    fired = arrays["restart_confidence"] > 0
+    runs_adaptive = np.where(fired.any(1), fired.argmax(1) + 1, k)  # restarts an adaptive selector runs
     diff = selected - plain
     ci = None
     if len(diff) >= 2:
         res = bootstrap((diff,), np.mean, n_resamples=1000, method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
         ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
     return {
-        "k": int(arrays["restart_exact"].shape[1]),
+        "k": k,
+        "restarts_run_if_adaptive": float(runs_adaptive.mean()),
         "exact_accuracy_plain": float(plain.mean()),
         "exact_accuracy_selected": float(selected.mean()),
         "gain": float(diff.mean()),

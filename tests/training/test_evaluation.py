@@ -24,11 +24,13 @@ def test_selection_rules_on_known_answers():
     confidence = torch.tensor([[3.0, 1.0, 2.0], [0.5, 4.0, -1.0]])
     assert select_restart(preds, confidence, "q_halt").tolist() == [0, 1]
     assert select_restart(preds, confidence, "vote").tolist() == [2, 1]
+    # adaptive: the first restart that ends confident (> 0); none confident -> the most confident
+    assert select_restart(preds, torch.tensor([[-1.0, 0.5, 2.0], [-3.0, -1.0, -2.0]]), "adaptive").tolist() == [1, 1]
 
 
 @pytest.mark.parametrize("opts, message", [
     (EvalOptions(restarts=0), r"restarts=0 must be >= 1"),
-    (EvalOptions(restarts=3, select="best"), r"select='best' is not one of \['q_halt', 'vote'\]"),
+    (EvalOptions(restarts=3, select="best"), r"select='best' is not one of \['q_halt', 'vote', 'adaptive'\]"),
     (EvalOptions(restarts=3, sigma=0.0), r"sigma=0.0 must be > 0 when restarts > 1"),
     (EvalOptions(restarts=3, act_halting=True), r"does not combine with act_halting=true"),
 ])
@@ -49,6 +51,8 @@ def test_restart_and_select_on_an_official_checkpoint():
     np.testing.assert_array_equal(a["exact"], a["restart_exact"][np.arange(16), a["restart_chosen"]])
     assert r["gain"] == pytest.approx(a["exact"].mean() - a["exact_unperturbed"].mean())
     assert r["oracle_best_of_k"] == a["restart_exact"].any(1).mean() >= max(r["exact_accuracy_selected"], r["exact_accuracy_plain"])
+    fired = a["restart_confidence"] > 0
+    assert r["restarts_run_if_adaptive"] == pytest.approx(np.where(fired.any(1), fired.argmax(1) + 1, 3).mean())
     lo, hi = r["gain_ci95"]
     assert lo <= r["gain"] <= hi
     # restart 2 of the first example, recomputed alone from its documented noise
