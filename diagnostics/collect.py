@@ -11,6 +11,13 @@ is shown with its 95% CI; a column name used by several studies is one column). 
 headlines get the common columns. `--out` writes the same Markdown, `--csv` a CSV
 in which each CI is split into `<column> lo` / `<column> hi`.
 
+When two or more `extended` runs are collected, a second table compares their escape rates
+(TRM vs HRM: "HRM failures stay trapped far longer"): kappa per segment and per module
+evaluation with their bootstrap CIs, and the ratio of each run's kappa per module evaluation to
+the first run's (`--kappa-ref RUN` picks another reference) with an approximate 95% CI: the two
+runs' samples are independent, so on the log scale the standard errors (read off each CI as
+(ln hi - ln lo) / (2 x 1.96)) add in quadrature (delta method; a CI that reaches 0 gives none).
+
 Runs that cannot be read (corrupt summary.json) and partial runs (a Hydra job directory or
 result shards without summary.json, e.g. a study still running or killed) are listed below the
 table, never fatal. A DIR that does not exist, or a walk that finds nothing at all, is an error
@@ -155,6 +162,42 @@ def to_markdown(found: Collection) -> str:
     return text + "\n"
 
 
+def log_se(ci: Any) -> float | None:
+    """Standard error on the log scale implied by a positive 95% CI [lo, hi], else None."""
+    if not isinstance(ci, list) or len(ci) != 2 or ci[0] is None or ci[1] is None or not (ci[0] > 0 and ci[1] > 0):
+        return None
+    return (math.log(ci[1]) - math.log(ci[0])) / (2 * 1.959964)
+
+
+def kappa_ratio(value: float | None, ci: Any, ref: float | None, ref_ci: Any) -> tuple[float | None, list[float] | None]:
+    """(value / ref, its approximate 95% CI) for two independent positive rates with CIs."""
+    if value is None or ref is None or not (value > 0 and ref > 0):
+        return None, None
+    ratio = value / ref
+    se, se_ref = log_se(ci), log_se(ref_ci)
+    if se is None or se_ref is None:
+        return ratio, None
+    half = 1.959964 * math.hypot(se, se_ref)
+    return ratio, [ratio * math.exp(-half), ratio * math.exp(half)]
+
+
+def kappa_table(found: Collection, ref: str | None = None) -> str:
+    """The escape-rate comparison of the extended runs ("" with fewer than two)."""
+    runs = [r for r in found.rows if r["study"] == "extended"]
+    if len(runs) < 2:
+        return ""
+    base = next((r for r in runs if ref is not None and (r["run"] == ref or r["run"].endswith(ref))), runs[0])
+    key = "kappa per module evaluation"
+    rows = []
+    for r in runs:
+        ratio, ci = (1.0, None) if r is base else kappa_ratio(r.get(key), r.get(f"{key} ci95"), base.get(key), base.get(f"{key} ci95"))
+        rows.append({"run": r["run"], "checkpoint": r["checkpoint"],
+                     "kappa per segment": cell(r.get("kappa per segment"), r.get("kappa per segment ci95")),
+                     key: cell(r.get(key), r.get(f"{key} ci95")), f"ratio to {base['run']}": cell(ratio, ci)})
+    return ("\nEscape rates of the extended runs (a smaller kappa: failures stay trapped longer; ratio CI: delta method on "
+            "the log scale, independent runs):\n\n" + markdown_table(rows, list(rows[0])) + "\n")
+
+
 def to_csv(found: Collection) -> str:
     """CSV of the table; a CI column becomes `<column> lo` and `<column> hi`."""
     header: list[str] = []
@@ -180,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories to walk")
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
     parser.add_argument("--csv", type=Path, help="write the table as CSV here")
+    parser.add_argument("--kappa-ref", default=None, help="run whose escape rate the other extended runs are compared with (default: the first)")
     args = parser.parse_args(argv)
     found = find_runs(args.dirs)
-    table = to_markdown(found)
+    table = to_markdown(found) + kappa_table(found, args.kappa_ref)
     print(table, end="", flush=True)
     if args.out:
         atomic_write_text(args.out, table)

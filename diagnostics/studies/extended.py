@@ -86,6 +86,8 @@ HEADLINES = (
     ("tau", "tau", None),
     ("accuracy final", "accuracy_final", None),
     ("kappa per segment", "kappa_per_segment", "kappa_per_segment_ci95"),
+    ("kappa per module evaluation", "kappa_per_module_evaluation", "kappa_per_module_evaluation_ci95"),
+    ("wrong attractor", "fraction_wrong_attractor", None),
 )
 SCALARS = ("accuracy_at_budget", "accuracy_final", "fraction_solved_later", "fraction_settled_wrong", "fraction_churning", "kappa_per_segment",
            "kappa_per_module_evaluation")

@@ -98,3 +98,27 @@ def test_natural_order_and_short_checkpoint_names():
     names = short_names(["/a/x/run/s1", "/a/y/run/s1", "/a/y/run/s2"])
     assert names == {"/a/x/run/s1": "x/run/s1", "/a/y/run/s1": "y/run/s1", "/a/y/run/s2": "y/run/s2"}
     assert short_names(["/c/trm/s1", "/c/hrm/s1"]) == {"/c/trm/s1": "trm/s1", "/c/hrm/s1": "hrm/s1"}
+
+
+def test_escape_rate_ratio_between_two_extended_runs(tmp_path, capsys):
+    """Two extended runs (e.g. TRM and HRM) with kappa per module evaluation 0.02 [0.016, 0.025]
+    and 0.005 [0.004, 0.00625]: the ratio 0.25 and its CI exp(ln 0.25 +- 1.96 sqrt(s1^2 + s2^2)),
+    s = ln(hi / lo) / 3.92 for each, here both ln(1.5625) / 3.92."""
+    import math
+
+    from diagnostics.collect import kappa_ratio
+
+    for name, kappa, ci in (("trm", 0.02, [0.016, 0.025]), ("hrm", 0.005, [0.004, 0.00625])):
+        write_summary(tmp_path / name, {"study": "extended", "checkpoint": f"/x/{name}/step_1", "n": 64, "accuracy_at_budget": 0.5,
+                                        "kappa_per_segment": kappa * 8, "kappa_per_segment_ci95": [c * 8 for c in ci],
+                                        "kappa_per_module_evaluation": kappa, "kappa_per_module_evaluation_ci95": ci})
+    s = math.log(1.5625) / (2 * 1.959964)
+    ratio, ci = kappa_ratio(0.005, [0.004, 0.00625], 0.02, [0.016, 0.025])
+    assert ratio == pytest.approx(0.25) and ci == pytest.approx([0.25 * math.exp(-1.959964 * math.sqrt(2) * s), 0.25 * math.exp(1.959964 * math.sqrt(2) * s)])
+    assert kappa_ratio(0.005, [0.0, 0.01], 0.02, [0.016, 0.025]) == (0.25, None)  # a CI reaching 0: no ratio CI
+    assert main([str(tmp_path), "--kappa-ref", "trm"]) == 0
+    out = capsys.readouterr().out
+    assert "Escape rates of the extended runs" in out and "ratio to " in out
+    rows = [line for line in out.split("Escape rates")[1].splitlines() if line.startswith(f"| {tmp_path}")]
+    hrm, trm = (next(r for r in rows if f"/{name} |" in r) for name in ("hrm", "trm"))
+    assert hrm.endswith(f"| 0.250000 [{ci[0]:.6f}, {ci[1]:.6f}] |") and trm.endswith("| 1.000000 |")
