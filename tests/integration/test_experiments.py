@@ -51,8 +51,8 @@ def _fake_dataset(root: Path, vocab: int, seq_len: int) -> Path:
     return root
 
 
-def test_every_experiment_has_a_recipe_here_or_is_the_cpu_preset():
-    assert set(EXPERIMENTS) == PUBLISHED | {"sudoku_tiny"}
+def test_every_experiment_has_a_recipe_here_or_is_a_cpu_preset():
+    assert set(EXPERIMENTS) == PUBLISHED | {"sudoku_tiny", "maze_tiny"}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
