@@ -11,6 +11,10 @@ The official code takes the examples with the global `np.random.choice`; here th
 it, and only for puzzles with more than one example, so for Sudoku and Maze (one example per
 puzzle) the batches equal the official ones for the same seed.
 
+`exclude_groups` (train mode) removes those group ids from every pass's order after the
+permutations are drawn, so the rest of the order is unchanged: the held-out validation groups of
+`training.validation` are never trained on.
+
 Test mode walks the examples in order in global-batch chunks; a rank's short slice is padded to
 `local` rows (inputs pad_id, labels -100, puzzle_identifiers blank_identifier_id), and the
 yielded count is the real number of examples in the global chunk.
@@ -48,6 +52,7 @@ class LoaderConfig:
     rank: int = 0
     world_size: int = 1
     test_set_mode: bool = False
+    exclude_groups: tuple[int, ...] = ()
 
 
 def sample_batch(rng: np.random.Generator, group_order: np.ndarray, puzzle_indices: np.ndarray,
@@ -150,6 +155,8 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             rng = np.random.Generator(np.random.Philox(seed=cfg.seed + self._iters))
             n_groups = len(ds.group_indices) - 1
             order = np.concatenate([rng.permutation(n_groups) for _ in range(cfg.epochs_per_iter)])
+            if cfg.exclude_groups:
+                order = order[~np.isin(order, np.asarray(cfg.exclude_groups))]
             start, produced = 0, 0
             while start < len(order):
                 start, examples, puzzles = sample_batch(rng, order, ds.puzzle_indices, ds.group_indices,

@@ -7,20 +7,42 @@ helper here degrades to a no-op or an identity, so the same code path runs on a 
 
 As in the official recipe there is no DDP wrapper: gradients are summed with
 `all_reduce_sum_` after backward of the loss already divided by the global batch.
+
+NCCL-safe by construction (issue 14):
+- the process group has an explicit timeout (`launcher.dist_timeout_minutes`);
+- Python objects (configs, per-rank checkpoint state, evaluation arrays, error messages) travel
+  through a CPU group: on NCCL a gloo group created once beside the default group, on CPU the
+  default (gloo) group itself. They never pass through GPU memory, and a rank that waits there
+  (e.g. while rank 0 builds the dataset) is not watched by NCCL's watchdog;
+- `fail_together` wraps a section every rank runs (a training step, a checkpoint save, an
+  evaluation shard, the dataset build): a rank that raises inside it tells the others, which stop
+  with one line naming that rank and its message instead of hanging in the next collective.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, UserError
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_TIMEOUT_MINUTES = 30.0
+FAULT_ENV = "RRDYN_FAULT_INJECT"
+
+# Set by init_distributed: the gloo group beside an nccl default group (None: use the default
+# group, which is gloo already).
+_cpu_group: Any = None
+
+
+class RankFailure(UserError):
+    """Another rank raised inside a `fail_together` section; this rank stops too (one line)."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -63,13 +85,18 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(device: torch.device) -> DistInfo:
+def init_distributed(device: torch.device, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistInfo:
     """Join the torchrun job if there is one, else describe a single process.
 
     With LOCAL_RANK in the environment: init the default group (nccl for a CUDA `device`, gloo
-    otherwise) from the env:// variables and, on CUDA, bind this process to GPU LOCAL_RANK.
-    Calling it again returns the same description without re-initialising.
+    otherwise) from the env:// variables with a collective timeout of `timeout_minutes` and, on
+    CUDA, bind this process to GPU LOCAL_RANK; with nccl also create the CPU (gloo) group, same
+    timeout, that object collectives use. Calling it again returns the same description without
+    re-initialising.
     """
+    global _cpu_group
+    if not timeout_minutes > 0:
+        raise ConfigError(f"launcher.dist_timeout_minutes={timeout_minutes} must be > 0")
     if "LOCAL_RANK" not in os.environ:
         return DistInfo(device=device)
     missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
@@ -88,8 +115,11 @@ def init_distributed(device: torch.device) -> DistInfo:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not is_distributed():
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        # Every rank must create the group, in the same order, right after the default one.
+        _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
     rank = dist.get_rank()
     return DistInfo(
         rank=rank,
@@ -107,19 +137,87 @@ def get_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def cpu_group() -> Any:
+    """The group object collectives use: the gloo group beside nccl, else None (the default
+    group, which is gloo then)."""
+    return _cpu_group
+
+
 def barrier() -> None:
-    """Wait for every rank; a no-op in a single process."""
+    """Wait for every rank (on the CPU group); a no-op in a single process."""
     if is_distributed():
-        dist.barrier()
+        dist.barrier(group=_cpu_group)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Return rank `src`'s `obj` on every rank (picklable objects; e.g. a resolved config)."""
+    """Return rank `src`'s `obj` on every rank (picklable objects; e.g. a resolved config).
+    Goes through the CPU group: the pickle never visits GPU memory."""
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=_cpu_group)
     return box[0]
+
+
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj` on rank `dst` in rank order (None elsewhere), through the CPU group;
+    `[obj]` in a single process. Used for per-rank checkpoint state."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst, group=_cpu_group)
+    return out
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj` on every rank, in rank order, through the CPU group."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_cpu_group)
+    return out
+
+
+def inject_fault(site: str) -> None:
+    """TEST HOOK, inert unless $RRDYN_FAULT_INJECT is set: with `RRDYN_FAULT_INJECT=<site>:rank<r>`
+    (e.g. `save:rank1`) raise RuntimeError at `site` on rank r, so a multi-process test can make
+    exactly one rank fail where monkeypatching cannot reach. Sites: "step", "save", "eval"."""
+    wanted = os.environ.get(FAULT_ENV)
+    if wanted and wanted == f"{site}:rank{get_rank()}":
+        raise RuntimeError(f"injected fault at {site} on rank {get_rank()} ({FAULT_ENV} test hook)")
+
+
+@contextlib.contextmanager
+def fail_together(what: str) -> Iterator[None]:
+    """Run a section on every rank; if any rank raises inside it, every rank stops.
+
+    After the block every rank all-reduces one number (1 if it raised) on the CPU group: cheap
+    enough for every step, and on nccl runs it keeps the wait out of NCCL's watchdog (rank 0 may
+    spend minutes in a section, e.g. building the dataset, while the others wait here; the CPU
+    group's timeout, `launcher.dist_timeout_minutes`, bounds that wait). Only when the sum is
+    non-zero are the messages exchanged; then the rank that raised re-raises its own exception and every
+    other rank raises `RankFailure` ("rank R failed during <what>: <Type>: <message>"), which the
+    entry points print as one line and exit 2. Every rank must enter the same sections in the
+    same order, and no collective may sit inside the block (a rank that raised before it would
+    leave the others waiting there). A no-op wrapper in a single process.
+    """
+    if not is_distributed():
+        yield
+        return
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 (re-raised below, after the other ranks know)
+        error = e
+    flag = torch.tensor([0.0 if error is None else 1.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=_cpu_group)
+    if flag.item() > 0:
+        message = None if error is None else f"{type(error).__name__}: {error}".splitlines()[0]
+        messages = all_gather_object(message)
+        if error is not None:
+            raise error
+        rank, first = next((r, m) for r, m in enumerate(messages) if m is not None)
+        raise RankFailure(f"rank {rank} failed during {what}: {first}")
 
 
 @torch.no_grad()
@@ -170,7 +268,8 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 def gather_arrays_to_rank0(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     """Concatenate each key's variable-length (n_rank, ...) arrays over ranks on rank 0.
 
-    Used by sharded evaluation: each rank holds the results for its slice of examples. Rank 0
+    Used by sharded evaluation: each rank holds the results for its slice of examples (numpy,
+    in host memory; they travel through the CPU group, never through GPU memory). Rank 0
     gets {key: concatenation in rank order}; other ranks get None. Every rank must pass the same
     keys; the trailing dimensions of a key must agree. In a single process it returns the input.
     """
@@ -179,7 +278,7 @@ def gather_arrays_to_rank0(arrays: Mapping[str, np.ndarray]) -> dict[str, np.nda
     mine = {k: np.asarray(v) for k, v in arrays.items()}
     rank, world = dist.get_rank(), dist.get_world_size()
     received: list[Any] | None = [None] * world if rank == 0 else None
-    dist.gather_object(mine, received, dst=0)
+    dist.gather_object(mine, received, dst=0, group=_cpu_group)
     if rank != 0:
         return None
     keys = list(mine)
@@ -191,5 +290,7 @@ def gather_arrays_to_rank0(arrays: Mapping[str, np.ndarray]) -> dict[str, np.nda
 
 def cleanup() -> None:
     """Destroy the process group if one is up (call once at the end of an entry point)."""
+    global _cpu_group
     if is_distributed():
         dist.destroy_process_group()
+    _cpu_group = None

@@ -31,6 +31,10 @@ class DataConfig:
     `epochs_per_iter` is how many shuffled passes over the train groups one sampler iteration
     concatenates (the official loop uses eval_interval epochs; it only changes the batch order).
     `eval_split` is evaluated during training; `eval_n` subsamples it (None = all examples).
+    `val_n`: hold out that many train groups (seeded by `seed`) as a validation split that chooses
+    best.pt; the evaluations during training then score it, and `eval_split` is evaluated at the
+    end with the final and with best.pt's weights (training/validation.py). None: no validation
+    split, best.pt follows `eval_split` (selection on the test split: optimistic).
     """
 
     path: Optional[str] = None
@@ -39,6 +43,7 @@ class DataConfig:
     eval_split: str = "test"
     eval_n: Optional[int] = None
     eval_batch_size: int = 256
+    val_n: Optional[int] = None
 
 
 def data_schema(builder: Builder) -> type[DataConfig]:
@@ -73,13 +78,19 @@ class OptimConfig:
 class LauncherConfig:
     """Where and how the processes run: device (auto, cpu, cuda), torch.compile, deterministic
     algorithms, the world size the recipe expects (a mismatch only warns: the global batch is
-    what the recipe fixes), and whether to derive torchrun's variables from SLURM (submitit)."""
+    what the recipe fixes), and whether to derive torchrun's variables from SLURM (submitit).
+
+    `dist_timeout_minutes` bounds every collective of a torchrun job (nccl and its gloo side
+    group alike), including the other ranks' wait while rank 0 builds and hashes the dataset:
+    raise it for a dataset that takes longer to build, or build it first with `puzzles.build`.
+    """
 
     device: str = "auto"
     compile: bool = False
     deterministic: bool = False
     expected_world_size: Optional[int] = None
     from_slurm: bool = False
+    dist_timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -89,7 +100,8 @@ class PretrainConfig:
     Training stops at the first of: `epochs` passes over the train groups (the official count,
     which drops each iteration's last partial batch), `max_steps`, `max_train_seconds` of wall
     time. `eval_interval` and `checkpoint_interval` are independent (None: only at the end; an
-    evaluation that improves the best exact accuracy always writes a checkpoint for best.pt).
+    evaluation that improves the best exact accuracy always writes a checkpoint for best.pt;
+    that accuracy is on the validation split when `data.val_n` is set, else on `data.eval_split`).
     `resume`: None (fresh run; the run dir must not hold another run), "auto" (the newest valid
     checkpoint in the run dir, else a fresh start) or a checkpoint file. A resume whose dataset's
     content hash differs from the checkpoint's is refused unless `allow_data_change=true` (the
@@ -130,11 +142,14 @@ class PretrainConfig:
         for key in ("max_steps", "eval_interval", "checkpoint_interval"):
             if getattr(self, key) is not None:
                 positive[key] = getattr(self, key)
-        if self.data.eval_n is not None:
-            positive["data.eval_n"] = self.data.eval_n
+        for key in ("eval_n", "val_n"):
+            if getattr(self.data, key) is not None:
+                positive[f"data.{key}"] = getattr(self.data, key)
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
+        if not self.launcher.dist_timeout_minutes > 0:
+            raise ConfigError(f"launcher.dist_timeout_minutes={self.launcher.dist_timeout_minutes} must be > 0")
         if self.max_train_seconds is not None and self.max_train_seconds <= 0:
             raise ConfigError(f"max_train_seconds={self.max_train_seconds} must be > 0")
         if self.data.path in (None, "???") and self.data.build is None:

@@ -12,10 +12,14 @@ Under torchrun each rank trains on its slice of every global batch (same sampler
 rank); parameters and buffers start from rank 0's. The run directory holds config.yaml,
 manifest.json, metrics.jsonl, eval/ and checkpoints/ (see train_state). Metrics are all-reduced
 every step: that is also how a non-finite loss or the time budget stops every rank at once.
+Sections one rank may fail in while the others would wait in a collective (the dataset build,
+each step's forward/backward, a checkpoint save, an evaluation) run inside `rdist.fail_together`:
+the other ranks then stop with one line naming the failing rank and its message (no hang).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -51,6 +55,7 @@ from training.ema import EMA
 from training.evaluation import EvalOptions, evaluate_split
 from training.optim import AdamATan2, SparseEmbeddingSignSGD
 from training.schedule import apply_lr_schedule
+from training.validation import first_examples, holdout_groups
 
 log = get_logger(__name__)
 
@@ -81,13 +86,16 @@ def resume_command(run_dir: Path) -> str:
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a finished run reports: the last step, the final and best eval metrics, where it lives."""
+    """What a finished run reports: the last step, the final and best eval metrics, where it lives.
+    With a validation split (`data.val_n`) `eval_metrics` and `best_exact_accuracy` are on it, and
+    `test_metrics` holds the eval split's metrics for {"final": ..., "best_on_val": ...} weights."""
 
     run_dir: Path
     step: int
     train_metrics: dict[str, float]
     eval_metrics: dict[str, Any]
     best_exact_accuracy: float | None
+    test_metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 # --- setup helpers -------------------------------------------------------------------------------
@@ -118,11 +126,21 @@ def set_determinism(enabled: bool) -> None:
 
 
 def prepare_data(cfg: PretrainConfig, info: rdist.DistInfo) -> Path:
-    """The dataset folder: `data.path`, or the `data.build` recipe built (cached) on rank 0."""
+    """The dataset folder: `data.path`, or the `data.build` recipe built (cached) on rank 0.
+
+    While rank 0 builds, the other ranks wait in `fail_together`, which runs on the CPU (gloo)
+    group even on nccl runs: NCCL's watchdog never sees the wait, the group's explicit timeout
+    (`launcher.dist_timeout_minutes`) bounds it, and a failed build stops every rank with rank
+    0's message instead of leaving them in the broadcast. (Polling a "ready" file would need the
+    other ranks to know the cache path and a second channel for errors; the gloo wait has both.)
+    """
     if cfg.data.path is not None:
         root = Path(cfg.data.path).expanduser()
     else:
-        root = Path(build_dataset(cfg.data.build)) if info.is_main else None
+        root = None
+        with rdist.fail_together("the dataset build"):
+            if info.is_main:
+                root = Path(build_dataset(cfg.data.build))
         root = rdist.broadcast_object(root)
     if not (root / "train" / "dataset.json").is_file():
         raise DatasetError(f"dataset {root} has no train/dataset.json (build it with `python -m puzzles.build`, or fix data.path)")
@@ -217,15 +235,21 @@ class Trainer:
         self.forward = torch.compile(self.model, dynamic=False) if cfg.launcher.compile else self.model
 
         meta = read_metadata(data_root, "train")
-        self.total_steps = int(cfg.epochs * meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size)
+        # Validation split (training/validation.py): held-out train groups choose best.pt.
+        self.val_groups = holdout_groups(data_root, cfg.data.val_n, cfg.seed) if cfg.data.val_n else None
+        self.val_index = first_examples(data_root, self.val_groups) if self.val_groups is not None else None
+        train_groups = meta.total_groups - (len(self.val_groups) if self.val_groups is not None else 0)
+        self.total_steps = int(cfg.epochs * train_groups * meta.mean_puzzle_examples / cfg.global_batch_size)
         self.total_iters = math.ceil(cfg.epochs / cfg.data.epochs_per_iter)
         loader_cfg = LoaderConfig(
             seed=cfg.seed, global_batch_size=cfg.global_batch_size, epochs_per_iter=cfg.data.epochs_per_iter,
             rank=info.rank, world_size=info.world_size, test_set_mode=False,
+            exclude_groups=tuple(int(g) for g in self.val_groups) if self.val_groups is not None else (),
         )
         self.loader = PuzzleDataset(str(data_root), "train", loader_cfg)
         eval_meta = read_metadata(data_root, cfg.data.eval_split)
         self.eval_set = "+".join(eval_meta.sets)
+        self.select_set = "val" if self.val_index is not None else self.eval_set  # what best.pt follows
 
         self.signals: StopSignals | None = None
         self.step = 0
@@ -246,26 +270,27 @@ class Trainer:
                 for t in list(self.model.parameters()) + list(self.model.buffers()):
                     torch.distributed.broadcast(t.data, src=0)
 
-    def _gather(self, obj: Any) -> list[Any] | None:
-        """Every rank's `obj` on rank 0 (a one-element list in a single process)."""
-        if not rdist.is_distributed():
-            return [obj]
-        out = [None] * self.info.world_size if self.info.is_main else None
-        torch.distributed.gather_object(obj, out, dst=0)
-        return out
-
     def save(self, best: bool = False) -> Path | None:
-        """Collective: gather per-rank state to rank 0, which writes the checkpoint atomically."""
-        rank_state = {
-            "rng": ts.capture_rng(self.device),
-            "carry": ts.carry_to_state(self.carry),
-            "augment": self.augmenter.state_dict() if self.augmenter.enabled else None,
-        }
-        gathered = self._gather(rank_state)
+        """Collective: gather per-rank state to rank 0 (CPU tensors, through the CPU group), which
+        writes the checkpoint atomically. A failure on any rank, in either half, stops every rank."""
+        with rdist.fail_together("checkpoint save"):
+            rdist.inject_fault("save")
+            rank_state = {
+                "rng": ts.capture_rng(self.device),
+                "carry": ts.carry_to_state(self.carry),
+                "augment": self.augmenter.state_dict() if self.augmenter.enabled else None,
+            }
+        gathered = rdist.gather_object(rank_state)
         self.last_saved_step = self.step
-        if not self.info.is_main:
-            rdist.barrier()
-            return None
+        path = None
+        with rdist.fail_together("checkpoint save"):  # also the barrier: every rank waits for the file
+            if self.info.is_main:
+                path = self._write_checkpoint(gathered, best)
+        return path
+
+    def _write_checkpoint(self, gathered: list[dict[str, Any]], best: bool) -> Path:
+        """Rank 0: the checkpoint payload (model, EMA, optimizers, sampler, every rank's RNG and
+        carry) written atomically as the step file, last.pt and, when `best`, best.pt."""
         payload = {
             "format": FORMAT,
             "version": ts.VERSION,
@@ -288,9 +313,7 @@ class Trainer:
                 "elapsed_seconds": self.elapsed(),
             },
         }
-        path = ts.save_checkpoint(self.run_dir, payload, self.cfg.keep_last_checkpoints, best=best)
-        rdist.barrier()
-        return path
+        return ts.save_checkpoint(self.run_dir, payload, self.cfg.keep_last_checkpoints, best=best)
 
     def _restore(self, path: Path, payload: dict[str, Any]) -> None:
         check_same_run(payload["config"], self.config, f"checkpoint {path}")
@@ -332,10 +355,12 @@ class Trainer:
         self.step += 1
         self.augmenter.step = self.step
         batch = self.augmenter.replicate({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
-        if self.carry is None:
-            self.carry = self.model.initial_carry(batch)
-        self.carry, loss, metrics, _, _ = self.forward(self.carry, batch)
-        (loss / self.global_batch).backward()
+        with rdist.fail_together(f"training step {self.step}"):
+            rdist.inject_fault("step")
+            if self.carry is None:
+                self.carry = self.model.initial_carry(batch)
+            self.carry, loss, metrics, _, _ = self.forward(self.carry, batch)
+            (loss / self.global_batch).backward()
         rdist.all_reduce_sum_([p.grad for p in self.model.parameters() if p.grad is not None])
 
         keys = sorted(metrics)
@@ -371,14 +396,47 @@ class Trainer:
         out["_interrupt"] = sums["_interrupt"]
         return out
 
-    def evaluate(self) -> dict[str, Any]:
-        """Evaluate the (EMA) weights on the eval split; rank 0 gets the metrics, others {}."""
-        opts = EvalOptions(batch_size=self.cfg.data.eval_batch_size, n=self.cfg.data.eval_n, keep_logits=False)
-        swap = self.ema.swapped(self.model.model) if self.ema else contextlib.nullcontext()
+    def evaluate(self, test: bool = False, model: ACTLossHead | None = None) -> dict[str, Any]:
+        """Evaluate the (EMA) weights on the selection set: the validation examples when
+        `data.val_n` is set, else the eval split; `test=True` forces the eval split. `model`: other
+        weights to evaluate as they are (best.pt's). Rank 0 gets the metrics, others {}."""
+        on_val = self.val_index is not None and not test
+        split, index = ("train", self.val_index) if on_val else (self.cfg.data.eval_split, None)
+        opts = EvalOptions(batch_size=self.cfg.data.eval_batch_size, n=None if on_val else self.cfg.data.eval_n, keep_logits=False)
+        swap = self.ema.swapped(self.model.model) if self.ema and model is None else contextlib.nullcontext()
         with swap:
-            result = evaluate_split(self.model, self.data_root, self.cfg.data.eval_split, opts, self.device, self.info, progress=self.cfg.progress)
+            result = evaluate_split(model or self.model, self.data_root, split, opts, self.device, self.info, progress=self.cfg.progress, index=index)
         self.model.train()
         return result.metrics
+
+    def best_model(self) -> ACTLossHead:
+        """A copy of the model holding best.pt's evaluation weights (its EMA shadow when kept)."""
+        path = ts.checkpoint_dir(self.run_dir) / "best.pt"
+        payload = ts.read_train_checkpoint(path)
+        state = dict(payload["model"])
+        state.update(payload["ema"] or {})
+        model = copy.deepcopy(self.model)
+        model.model.load_state_dict(state)
+        return model
+
+    def test_final_and_best(self, sink: MetricsSink) -> dict[str, dict[str, Any]]:
+        """The eval split scored with the final weights and with best.pt's (chosen on validation),
+        logged as test/final/* and test/best_on_val/*, written to eval/test_{final,best_on_val}.json."""
+        final = self.evaluate(test=True)
+        with rdist.fail_together("loading best.pt"):
+            model = self.best_model()
+        best = self.evaluate(test=True, model=model)
+        out = {"final": final, "best_on_val": best}
+        with rdist.fail_together("evaluation"):
+            if self.info.is_main:
+                steps = {"final": self.step, "best_on_val": self.best["step"]}
+                for label, metrics in out.items():
+                    sink.log({f"test/{label}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
+                    atomic_write_text(self.run_dir / "eval" / f"test_{label}.json",
+                                      OmegaConf.to_yaml({"split": self.cfg.data.eval_split, "weights_step": steps[label], **metrics}))
+                log.info("test (%s): final step %d exact %.4f | best on validation, step %s: exact %.4f", self.eval_set, self.step,
+                         final.get("exact_accuracy", float("nan")), self.best["step"], best.get("exact_accuracy", float("nan")))
+        return out
 
     # --- the loop -------------------------------------------------------------------------------
     def fit(self, sink: MetricsSink) -> TrainResult:
@@ -428,25 +486,32 @@ class Trainer:
             self.save(best=improved)
         elif improved and self.info.is_main:
             ts.mark_best(self.run_dir, self.step)
+        test_metrics = self.test_final_and_best(sink) if self.val_index is not None else {}
         train_metrics.pop("_stop", None)
         train_metrics.pop("_interrupt", None)
-        return TrainResult(self.run_dir, self.step, train_metrics, eval_metrics, self.best["exact_accuracy"])
+        return TrainResult(self.run_dir, self.step, train_metrics, eval_metrics, self.best["exact_accuracy"], test_metrics)
 
     def _eval_and_log(self, sink: MetricsSink) -> tuple[dict[str, Any], bool]:
         """Evaluate, log eval/<set>/<metric>, write eval/step_N.json; returns (metrics, improved)."""
         metrics = self.evaluate()
         self.last_eval_step = self.step
         improved = False
-        if self.info.is_main:
-            sink.log({f"eval/{self.eval_set}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
-            atomic_write_text(self.run_dir / "eval" / f"step_{self.step:07d}.json", OmegaConf.to_yaml({"step": self.step, **metrics}))
-            exact = metrics.get("exact_accuracy")
-            improved = exact is not None and (self.best["exact_accuracy"] is None or exact > self.best["exact_accuracy"])
-            if improved:
-                self.best = {"exact_accuracy": exact, "step": self.step}
-            log.info("step %d eval: exact %.4f token %.4f (best %.4f at step %s)", self.step, metrics.get("exact_accuracy", float("nan")), metrics.get("token_accuracy", float("nan")), self.best["exact_accuracy"] or 0.0, self.best["step"])
+        with rdist.fail_together("evaluation"):
+            if self.info.is_main:
+                improved = self._record_eval(sink, metrics)
         improved, self.best = rdist.broadcast_object((improved, self.best))
         return metrics, improved
+
+    def _record_eval(self, sink: MetricsSink, metrics: dict[str, Any]) -> bool:
+        """Rank 0: log and write the evaluation, update the best score; returns whether it improved."""
+        sink.log({f"eval/{self.select_set}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
+        atomic_write_text(self.run_dir / "eval" / f"step_{self.step:07d}.json", OmegaConf.to_yaml({"step": self.step, **metrics}))
+        exact = metrics.get("exact_accuracy")
+        improved = exact is not None and (self.best["exact_accuracy"] is None or exact > self.best["exact_accuracy"])
+        if improved:
+            self.best = {"exact_accuracy": exact, "step": self.step}
+        log.info("step %d eval: exact %.4f token %.4f (best %.4f at step %s)", self.step, metrics.get("exact_accuracy", float("nan")), metrics.get("token_accuracy", float("nan")), self.best["exact_accuracy"] or 0.0, self.best["step"])
+        return improved
 
 
 # --- entry ---------------------------------------------------------------------------------------
@@ -527,7 +592,7 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
     cfg.validate()
     if cfg.launcher.from_slurm:
         torchrun_env_from_slurm()
-    info = rdist.init_distributed(rdist.resolve_device(cfg.launcher.device))
+    info = rdist.init_distributed(rdist.resolve_device(cfg.launcher.device), cfg.launcher.dist_timeout_minutes)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     lock: DirectoryLock | None = None
     try:
@@ -549,10 +614,14 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
         cfg.logger = dashboard_config(cfg.logger, "train", group=cfg.experiment_name or cfg.logger.name)
         trainer = Trainer(cfg, info, run_dir, data_root, resume)
         problem = None
-        if info.is_main:  # hash the dataset (cached) and compare it with the resumed checkpoint's
-            trainer.manifest = build_manifest(config=trainer.config, dataset_dir=data_root, device=str(info.device))
-            problem = data_change(resume, trainer.manifest, cfg.allow_data_change) or free_space_problem(
-                run_dir, checkpoint_size_estimate(trainer.model), "a checkpoint (weights, optimizer moments, EMA)")
+        with rdist.fail_together("hashing the dataset"):  # rank 0 may take minutes; the others wait on gloo
+            if info.is_main:  # hash the dataset (cached) and compare it with the resumed checkpoint's
+                trainer.manifest = build_manifest(config=trainer.config, dataset_dir=data_root, device=str(info.device))
+                if trainer.val_groups is not None:
+                    trainer.manifest["validation"] = {"source_split": "train", "n_groups": len(trainer.val_groups), "seed": cfg.seed,
+                                                      "groups": trainer.val_groups.tolist()}
+                problem = data_change(resume, trainer.manifest, cfg.allow_data_change) or free_space_problem(
+                    run_dir, checkpoint_size_estimate(trainer.model), "a checkpoint (weights, optimizer moments, EMA)")
         problem = rdist.broadcast_object(problem)
         if problem:
             raise ConfigError(problem)

@@ -128,3 +128,47 @@ def test_two_gloo_ranks(tmp_path):
     assert gathered["idx"].tolist() == [0, 1, 100, 101, 102]
     assert gathered["lam"].tolist() == [[0.0, 0.0]] * 2 + [[1.0, 1.0]] * 3
     assert torch.load(tmp_path / "rank1.pt", weights_only=False)["gathered"] is None
+
+
+def _fail_together_worker(rank: int, world: int, out_dir: str) -> None:
+    results = {"cpu_group": rdist.cpu_group(), "objects": rdist.all_gather_object(rank * 10),
+               "gathered": rdist.gather_object({"rank": rank})}
+    with rdist.fail_together("a quiet section"):  # nobody fails: nothing happens
+        pass
+    try:
+        with rdist.fail_together("the test section"):
+            if rank == 1:
+                raise ValueError("disk on fire\nsecond line")
+    except Exception as e:  # noqa: BLE001
+        results["raised"] = (type(e).__name__, str(e))
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
+
+
+@pytest.mark.dist
+def test_fail_together_names_the_failing_rank_on_the_others(tmp_path):
+    """Test hypothesis: object collectives go through the default group on gloo (no side group);
+    a rank raising inside `fail_together` re-raises its own exception, every other rank raises
+    RankFailure naming it with the first line of its message, and no rank hangs."""
+    run_gloo(_fail_together_worker, 2, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["cpu_group"] is None and r0["objects"] == r1["objects"] == [0, 10]
+    assert r0["gathered"] == [{"rank": 0}, {"rank": 1}] and r1["gathered"] is None
+    assert r1["raised"] == ("ValueError", "disk on fire\nsecond line")
+    assert r0["raised"] == ("RankFailure", "rank 1 failed during the test section: ValueError: disk on fire")
+
+
+def test_fault_hook_is_inert_unless_it_names_this_site_and_rank(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv(rdist.FAULT_ENV, raising=False)
+    rdist.inject_fault("save")
+    monkeypatch.setenv(rdist.FAULT_ENV, "save:rank1")
+    rdist.inject_fault("save")  # this process is rank 0
+    monkeypatch.setenv(rdist.FAULT_ENV, "save:rank0")
+    rdist.inject_fault("step")
+    with pytest.raises(RuntimeError, match=r"injected fault at save on rank 0 \(RRDYN_FAULT_INJECT test hook\)"):
+        rdist.inject_fault("save")
+
+
+def test_timeout_must_be_positive():
+    with pytest.raises(ConfigError, match=r"launcher.dist_timeout_minutes=0 must be > 0"):
+        rdist.init_distributed(torch.device("cpu"), timeout_minutes=0)
