@@ -334,8 +334,10 @@ def pca_trajectories(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_pca_trajectories(run: BatchedRun, results: dict[str, np.ndarray], path: Path, title: str) -> Path:
     """The first PCA_EXAMPLES successes and failures of the sample rolled again (same segments,
-    z_H after each segment from the reset carry), drawn in the plane of the first two principal
-    components of their pooled states: settling trajectories end in a point, wandering ones do not."""
+    z_H after each segment 1..S from the reset carry, which itself is left out: its jump to
+    segment 1 would take the first component), each centred on its own mean (different puzzles
+    sit far apart; the motion is what matters), drawn in the plane of the first two principal
+    components of the pooled deviations: settling trajectories end in a point, wandering ones do not."""
     success = results["success"].astype(bool)
     picks = np.r_[np.flatnonzero(success)[:PCA_EXAMPLES], np.flatnonzero(~success)[:PCA_EXAMPLES]]
     fig = new_figure()
@@ -345,9 +347,9 @@ def plot_pca_trajectories(run: BatchedRun, results: dict[str, np.ndarray], path:
                  "labels": torch.from_numpy(run.inputs.labels[picks]).to(run.device),
                  "puzzle_identifiers": torch.from_numpy(run.inputs.puzzle_ids[picks]).to(run.device)}
         smap = SubUpdateMap(run.inputs.core, batch)
-        traj = record_rollout(smap, run.segments, keep_last=run.segments)
-        z0 = smap.initial_state()[:, 0].to(torch.float64)[:, None]
-        states = torch.cat([z0, traj.late_zH], 1).cpu().numpy()  # (M, S + 1, P + L, D)
+        # segments 1..S: the reset carry is left out, its jump to segment 1 would be PC1
+        states = record_rollout(smap, run.segments, keep_last=run.segments).late_zH.cpu().numpy()  # (M, S, P + L, D)
+        states = states - states.mean(axis=1, keepdims=True)  # each trajectory about its own mean: motion, not puzzle identity
         coords, ratio = pca_trajectories(states)
         for i, row in enumerate(picks):
             color = "tab:blue" if success[row] else "tab:red"
@@ -401,7 +403,8 @@ def format_report(summary: dict[str, Any]) -> str:
         + markdown_table([{**row, "percentile": f"{row['percentile']:g}"} for row in summary["sweep"]],
                          ("percentile", "tau", "A", "B", "C", "D")),
         f"![drift per segment]({FIGURES['drift']})\n\n![log10 d_late]({FIGURES['hist']})",
-        f"Trajectories of {PCA_EXAMPLES} successes (blue) and {PCA_EXAMPLES} failures (red) from the reset carry, z_H after each "
-        f"segment projected on the first two principal components of their pooled states (squares: segment S).\n\n"
+        f"Trajectories of {PCA_EXAMPLES} successes (blue) and {PCA_EXAMPLES} failures (red), z_H after each "
+        f"segment 1..S about each trajectory's own mean, projected on the first two principal components of the pooled "
+        f"deviations (squares: segment S).\n\n"
         f"![PCA of trajectories]({FIGURES['pca']})",
     ])
