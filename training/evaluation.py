@@ -108,9 +108,16 @@ def example_puzzle_ids(split: PuzzleSplit, index: np.ndarray) -> np.ndarray:
     return np.asarray(split.puzzle_identifiers)[puzzle_of_example]
 
 
+def halting_confidence(q_halt, q_continue, no_act_continue: bool):
+    """The model's own confidence, as its halting rule reads it (torch tensors or numpy arrays of
+    one shape): q_halt for a model that halts on q_halt > 0 (TRM, no_ACT_continue), q_halt -
+    q_continue for one that halts on q_halt > q_continue (HRM). It halts where this is > 0."""
+    return q_halt if no_act_continue else q_halt - q_continue
+
+
 def halting_fires(arch: ArchConfig, q_halt: torch.Tensor, q_continue: torch.Tensor) -> torch.Tensor:
     """The model's own halting rule for one segment (B,) bool."""
-    return q_halt > 0 if arch.no_ACT_continue else q_halt > q_continue
+    return halting_confidence(q_halt, q_continue, arch.no_ACT_continue) > 0
 
 
 def restart_noise(index: np.ndarray, sigma: float, restarts: int, state_shape: tuple[int, ...], seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -203,8 +210,8 @@ def restart_and_select(core: RecurrentCore, batch: dict[str, torch.Tensor], rows
                         (z0.z_L.repeat_interleave(K - 1, 0) + step * noise[:, 1]).to(z0.z_L.dtype))
     kicked = run_segments(core, reps, segments, act_halting=False, carry=start)
     logits = torch.cat([base["logits"][:, None], kicked["logits"].view(B, K - 1, *base["logits"].shape[1:])], 1)  # (B, K, L, V)
-    last = lambda out: out["q_halt_logits"][:, -1] - (0 if arch.no_ACT_continue else out["q_continue_logits"][:, -1])  # noqa: E731
-    confidence = torch.cat([last(base)[:, None], last(kicked).view(B, K - 1)], 1)  # (B, K)
+    final = {key: torch.cat([base[key][:, -1:], kicked[key][:, -1].view(B, K - 1)], 1) for key in ("q_halt_logits", "q_continue_logits")}
+    confidence = halting_confidence(final["q_halt_logits"], final["q_continue_logits"], arch.no_ACT_continue)  # (B, K)
     preds = logits.argmax(-1)  # (B, K, L)
     chosen = select_restart(preds, confidence, opts.select)
     labels = batch["labels"]

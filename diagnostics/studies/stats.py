@@ -60,6 +60,7 @@ from diagnostics.verdict import answer, findings, format_verdict
 from runtime.dist import resolve_device
 from runtime.errors import ConfigError, UserError
 from runtime.logging import get_logger
+from training.evaluation import halting_confidence
 
 log = get_logger("diagnostics.stats")
 FIGURE = "auc_forest.png"
@@ -134,15 +135,14 @@ def load_run(path: str | Path) -> StudyRun:
     return StudyRun(path, summary, arrays)
 
 
-def halting_confidence(disp: StudyRun, segment: int = -1) -> np.ndarray:
+def run_confidence(disp: StudyRun, segment: int = -1) -> np.ndarray:
     """(N,) the model's own confidence after `segment` (0-based; default the last), as its
     halting rule reads it: q_halt - q_continue for a model that halts on q_halt > q_continue
     (HRM, no_ACT_continue false), q_halt for one that halts on q_halt > 0 (TRM); it halts where
-    the confidence is > 0. Reported under the key `q_halt`."""
-    q_halt = disp.arrays["q_halt"][:, segment].astype(np.float64)
-    if disp.summary.get("halting_rule") == "q_halt > q_continue":
-        return q_halt - disp.arrays["q_continue"][:, segment].astype(np.float64)
-    return q_halt
+    the confidence is > 0 (`training.evaluation.halting_confidence`). Reported under the key `q_halt`."""
+    hrm_rule = disp.summary.get("halting_rule") == "q_halt > q_continue"
+    q_continue = disp.arrays["q_continue"][:, segment].astype(np.float64) if hrm_rule else None
+    return halting_confidence(disp.arrays["q_halt"][:, segment].astype(np.float64), q_continue, no_act_continue=not hrm_rule)
 
 
 def stratified_auc_with_ci(scores: np.ndarray, positive: np.ndarray, strata: np.ndarray, seed: int) -> tuple[list[dict[str, Any]], float, list[float] | None]:
@@ -248,7 +248,7 @@ def compute_stats(spec: StudyRun, disp: StudyRun, study: StatsStudyConfig, seed:
     d_late = disp.arrays["d_late"]
     # the displacement run's floored log10 d_late (resolution floor); older runs: their drift_floor
     log_d = disp.arrays["log10_d_late"] if "log10_d_late" in disp.arrays else np.log10(np.maximum(d_late, ds["drift_floor"]))
-    q_halt = halting_confidence(disp)
+    q_halt = run_confidence(disp)
 
     scores = {name: (-v, "-") for name, v in exponent_scores(lam).items()}
     scores["lambda1"] = (-lam1, "-")  # the first Benettin column (as k = 1), not the sorted maximum
@@ -273,7 +273,7 @@ def compute_stats(spec: StudyRun, disp: StudyRun, study: StatsStudyConfig, seed:
     early_drift = disp.arrays["drift_zH"][:, max(0, w - ds["late_window"]):w].mean(1)[unsolved]
     early = {f"lambda{i + 1}": auc_with_ci(-early_lam[:, i], success[unsolved], seed=seed) for i in range(early_lam.shape[1])}
     early["drift"] = auc_with_ci(-early_drift, success[unsolved], seed=seed)
-    early["q_halt"] = auc_with_ci(halting_confidence(disp, w - 1)[unsolved], success[unsolved], seed=seed)
+    early["q_halt"] = auc_with_ci(run_confidence(disp, w - 1)[unsolved], success[unsolved], seed=seed)
 
     features = {"lambda1": lam1, "log10_d_late": log_d, "q_halt": q_halt}
     cv = logistic_comparison(features, success, study, seed)
