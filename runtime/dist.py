@@ -115,6 +115,14 @@ def init_distributed(device: torch.device, timeout_minutes: float = DEFAULT_TIME
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not is_distributed():
+        # torch.distributed.nn binds the default group as a default argument (`group=group.WORLD`)
+        # when first imported, and torch imports it lazily (e.g. torch.use_deterministic_algorithms
+        # -> torch._dynamo -> fsdp). Imported after the group exists, it holds the group forever:
+        # destroy_process_group cannot free it, its gloo threads outlive `cleanup`, and their
+        # teardown at interpreter exit sometimes aborts the process ("terminate called without an
+        # active exception", exit -6). Imported now, the defaults are None.
+        import torch.distributed.nn  # noqa: F401, PLC0415
+
         timeout = datetime.timedelta(minutes=timeout_minutes)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
