@@ -6,7 +6,8 @@ minutes on 2 cores.
 Stages (each one a real command a user can run alone, printed before it runs):
   1. data      python -m puzzles.build sudoku ...        generated 9x9 Sudoku, unique solutions
   2. train     python pretrain.py experiment=sudoku_tiny   tiny TRM-MLP, checkpoints + metrics.jsonl
-  3. evaluate  python evaluate.py ...                      metrics.json + predictions.npz
+  3. evaluate  python evaluate.py ...                      metrics.json + predictions.npz; then
+               python evaluate.py restarts=K ...           restarts against early pruning at equal compute
   4. studies   python -m diagnostics study=...             spectrum, displacement, extended, basin, clv, stats
   5. report    OUT/report.md                               every study's report and figures in one page
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from diagnostics.registry import STUDIES
 from diagnostics.report import new_figure, save_figure
 from diagnostics.verdict import format_verdict
+from training.restart_policies import format_policy_table
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: stages run pretrain.py and evaluate.py from here
 STUDY_ORDER = tuple(name for name, study in STUDIES.items() if study.of_checkpoint)  # registry order
@@ -52,12 +54,15 @@ class DemoPlan:
     extended_n: int = 512
     basin_n: int = 192
     clv_n: int = 64
+    restart_n: int = 256  # restart-and-select against early pruning (K restarts each)
+    restart_k: int = 4
+    restart_sigma: float = 0.3
     extra_train: list[str] = field(default_factory=lambda: ["data.eval_n=128"])
 
     @classmethod
     def quick(cls) -> "DemoPlan":
         return cls(n_train=400, n_test=64, train_seconds=20.0, max_steps=20, eval_n=64, n=32, extended_n=16, basin_n=16, clv_n=8,
-                   extra_train=["global_batch_size=32", "checkpoint_interval=10"])
+                   restart_n=16, restart_k=3, extra_train=["global_batch_size=32", "checkpoint_interval=10"])
 
 
 def say(message: str) -> None:
@@ -104,9 +109,10 @@ def link_figures(report: str, study: str) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", report, flags=re.M)
 
 
-def write_report(out: Path, studies: list[str], eval_dir: Path, train_dir: Path) -> Path:
+def write_report(out: Path, studies: list[str], eval_dir: Path, train_dir: Path, restart_dir: Path | None = None) -> Path:
     """OUT/report.md: the verdict (`diagnostics.verdict`, from the studies' summaries), the
-    training and evaluation figures, then each study's own report."""
+    training and evaluation figures, restarts against early pruning (when `restart_dir` holds
+    a restart-and-select evaluation), then each study's own report."""
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     summaries = {study: json.loads(path.read_text()) for study in studies if (path := out / "studies" / study / "summary.json").exists()}
     lines = [
@@ -131,6 +137,8 @@ def write_report(out: Path, studies: list[str], eval_dir: Path, train_dir: Path)
     curve = plot_training(train_dir, out / "training_curve.png")
     if curve is not None:
         lines += ["", "![training loss and accuracy](training_curve.png)"]
+    if restart_dir is not None and (restart_dir / "metrics.json").exists():
+        lines += ["", restart_section(json.loads((restart_dir / "metrics.json").read_text()), out).rstrip()]
     for study in studies:
         path = out / "studies" / study / "report.md"
         if path.exists():
@@ -138,6 +146,46 @@ def write_report(out: Path, studies: list[str], eval_dir: Path, train_dir: Path)
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def restart_section(metrics: dict, out: Path) -> str:
+    """Restart-and-select against early pruning, from a `restarts=K` evaluation's metrics.json:
+    the q_halt selection gain with its CI, the policy table (`training.restart_policies`) and
+    accuracy against compute as a figure (OUT/restart_policies.png)."""
+    r = metrics["restarts"]
+    ci = r["gain_ci95"] or [float("nan")] * 2
+    rows = r["policies"]
+    lines = [
+        "## Restarts against early pruning, at equal compute",
+        "",
+        f"{r['k']} trajectories per puzzle on {metrics['count']} test puzzles: the plain one and {r['k'] - 1} restarts from a kicked "
+        f"initial state, each run for the full {metrics['segments']} segments with the halting confidence recorded after every segment. "
+        "Every policy below is replayed from these records and chooses without labels; compute counts segments run, in units of "
+        "one plain trajectory.",
+        "",
+        f"- Restart-and-select (most confident of {r['k']}): exact {r['exact_accuracy_plain']:.3f} -> {r['exact_accuracy_selected']:.3f}, "
+        f"gain **{r['gain']:+.3f}** (95% paired bootstrap CI {ci[0]:+.3f} to {ci[1]:+.3f}, n = {metrics['count']}); the oracle best-of-{r['k']} "
+        f"(some restart right, a ceiling no label-free selector passes) is {r['oracle_best_of_k']:.3f}.",
+        "- Pruning policies abandon a trajectory that is not confident at segment w and spend the rest of its budget on a fresh "
+        "restart; 'vs best-of-k at matched compute' compares each policy with q_halt selection over the smallest number of full "
+        "restarts costing at least as much.",
+        "",
+        format_policy_table(rows, metrics["count"]).rstrip(),
+    ]
+    fig = new_figure(6, 4)
+    ax = fig.subplots()
+    for family, marker in (("(q_halt)", "o-"), ("(vote)", "s--"), ("prune", "^"), ("adaptive", "v")):
+        pts = [row for row in rows if family in row["policy"]]
+        if pts:
+            ax.errorbar([p["compute"] for p in pts], [p["exact_accuracy"] for p in pts], fmt=marker, capsize=3,
+                        yerr=[[p["exact_accuracy"] - p["exact_ci95"][0] for p in pts], [p["exact_ci95"][1] - p["exact_accuracy"] for p in pts]],
+                        label={"(q_halt)": "best of k, q_halt", "(vote)": "best of k, vote"}.get(family, family + " (per w)"))
+    ax.axhline(r["oracle_best_of_k"], color="grey", lw=0.8, ls=":", label=f"oracle best of {r['k']}")
+    ax.set(xlabel="compute (segments run / plain budget)", ylabel="exact accuracy (95% Wilson CI)")
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "restart_policies.png")
+    lines += ["", "![accuracy against compute](restart_policies.png)"]
+    return "\n".join(lines) + "\n"
 
 
 def plot_training(train_dir: Path, path: Path) -> Path | None:
@@ -213,6 +261,13 @@ def main(argv: list[str] | None = None) -> None:
     if not (eval_dir / "metrics.json").exists():
         run([py, "evaluate.py", f"checkpoint={checkpoint}", f"data_path={data}", f"output_dir={eval_dir}", f"n={plan.eval_n}", "seed=0"], env)
 
+    restart_dir = out / "eval_restarts"
+    say(f"3/5 evaluate: restart-and-select, {plan.restart_k} restarts (sigma {plan.restart_sigma:g}) of {plan.restart_n} test puzzles, "
+        "against early pruning at equal compute")
+    if not (restart_dir / "metrics.json").exists():
+        run([py, "evaluate.py", f"checkpoint={checkpoint}", f"data_path={data}", f"output_dir={restart_dir}", f"n={plan.restart_n}", "seed=0",
+             f"restarts={plan.restart_k}", "select=q_halt", f"sigma={plan.restart_sigma}", "keep_logits=false"], env)
+
     commands = study_commands(out, plan, checkpoint, data, studies)
     for i, study in enumerate(studies, 1):
         say(f"4/5 study {i}/{len(studies)}: {study}")
@@ -220,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             run(commands[study], env)
 
     say("5/5 report")
-    report = write_report(out, studies, eval_dir, train_dir)
+    report = write_report(out, studies, eval_dir, train_dir, restart_dir)
     say(f"done in {(time.perf_counter() - t0) / 60:.1f} min. Report: {report}")
 
 

@@ -4,7 +4,9 @@ One call of `ACTModel.forward` runs one segment for every slot of the batch. Slo
 the previous call restart from (H_init, L_init) and take the new batch's row; the other slots keep
 their state and data and the new batch's row for them is discarded (official behaviour: "epochs"
 count loader batches). In eval mode halting ignores the Q head: every example runs exactly
-`halt_max_steps` segments, which is how the published accuracies were measured.
+`halt_max_steps` segments, which is how the published accuracies were measured. Two training-only
+hooks serve trajectory augmentation (training/augment.py): `perturb` adds noise to freshly reset
+rows, and `halt_groups` > 1 makes the copies of a replicated row halt together.
 """
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ class ACTModel(nn.Module):
         # reset, it returns the carry with noise on the freshly reset rows. None = off (the
         # forward is then exactly the official one).
         self.perturb: Callable[[LatentCarry, torch.Tensor], LatentCarry] | None = None
+        # Trajectory augmentation replicates the batch copy-major (halt_groups copies of B rows).
+        # In training the copies of a row then halt together, when copy 0 does, so they stay on
+        # the same puzzle (training/augment.py says why copy 0). 1 = every slot on its own.
+        self.halt_groups = 1
 
     @property
     def puzzle_emb(self):
@@ -85,4 +91,6 @@ class ACTModel(nn.Module):
                     _, nxt = self.inner(inner, data)
                     target = torch.where(is_last, nxt.q_halt_logits, torch.maximum(nxt.q_halt_logits, nxt.q_continue_logits))
                     outputs["target_q_continue"] = torch.sigmoid(target)
+                if self.halt_groups > 1:  # (G * B,) -> copy 0's decision for every copy
+                    halted = halted.view(self.halt_groups, -1)[0].repeat(self.halt_groups)
         return ACTCarry(inner, steps, halted, data), outputs

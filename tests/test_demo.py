@@ -50,6 +50,22 @@ def test_report_links_non_empty_figures(demo_out):
         assert heading in report
 
 
+def test_report_compares_restarts_with_early_pruning(demo_out):
+    """The restart-and-select evaluation (16 puzzles, 3 trajectories each) is in the report: the
+    policy table's first row is the plain trajectory (compute 1.00, its accuracy), best of 3 costs
+    3.00, and the figure exists."""
+    metrics = json.loads((demo_out / "eval_restarts" / "metrics.json").read_text())
+    rows = metrics["restarts"]["policies"]
+    assert metrics["count"] == 16 and metrics["restarts"]["k"] == 3
+    report = (demo_out / "report.md").read_text()
+    section = report.split("## Restarts against early pruning, at equal compute")[1]
+    plain = rows[0]
+    assert plain["policy"] == "best of 1 (q_halt)" and plain["exact_accuracy"] == metrics["restarts"]["exact_accuracy_plain"]
+    assert f"| best of 1 (q_halt) | 1.00 | {plain['exact_accuracy']:.3f} " in section
+    assert "| best of 3 (q_halt) | 3.00 |" in section and "prune at segment" in section
+    assert "![accuracy against compute](restart_policies.png)" in section
+
+
 def test_rerun_skips_finished_stages(demo_out):
     before = (demo_out / "train" / "checkpoints" / "last.pt").stat().st_mtime_ns
     proc = run_demo(demo_out)

@@ -21,6 +21,7 @@ from puzzles.kinds import BUILDERS, Builder
 from runtime.errors import ConfigError
 from runtime.logging import WandbConfig
 from training.augment import AugmentConfig
+from training.flossing import FlossingConfig
 
 
 @dataclass
@@ -83,10 +84,17 @@ class LauncherConfig:
     `dist_timeout_minutes` bounds every collective of a torchrun job (nccl and its gloo side
     group alike), including the other ranks' wait while rank 0 builds and hashes the dataset:
     raise it for a dataset that takes longer to build, or build it first with `puzzles.build`.
+    `cpu_matmul`: "onednn" sends CPU fp32 matmuls to oneDNN where that keeps fp32 accuracy (2-3x
+    MKL on AMD processors; training/fast_path.py), "default" leaves PyTorch's BLAS. `compile`
+    runs the training step under torch.compile, on CPU or CUDA: with `compile_scope` "step" the
+    forward and loss (and so their backward) and the evaluation, with "blocks" each transformer
+    block in place (a much shorter compile, ~15 s on 2 CPU cores).
     """
 
     device: str = "auto"
     compile: bool = False
+    cpu_matmul: str = "default"
+    compile_scope: str = "step"
     deterministic: bool = False
     expected_world_size: Optional[int] = None
     from_slurm: bool = False
@@ -112,6 +120,7 @@ class PretrainConfig:
     data: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    regularize: FlossingConfig = field(default_factory=FlossingConfig)
     logger: WandbConfig = field(default_factory=WandbConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     experiment_name: Optional[str] = None
@@ -167,6 +176,7 @@ class PretrainConfig:
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"optim.{key}={value} must be in [0, 1)")
         self.augment.validate()
+        self.regularize.validate()
         if hasattr(self.arch, "validate"):
             self.arch.validate(derived=False)
 
@@ -192,6 +202,7 @@ def register_configs() -> None:
         cs.store(group="data", name=f"schema_{name}", node=schema)
     cs.store(group="optim", name="schema", node=OptimConfig)
     cs.store(group="augment", name="schema", node=AugmentConfig)
+    cs.store(group="regularize", name="schema", node=FlossingConfig)
     cs.store(group="logger", name="schema", node=WandbConfig)
     cs.store(group="launcher", name="schema", node=LauncherConfig)
     for name, resolver in (("rrdyn.run_label", run_label), ("rrdyn.run_dir", default_run_dir)):

@@ -19,12 +19,13 @@ import archs  # noqa: F401  (registers trm and hrm)
 from model_core.checkpoint import load_checkpoint
 from model_core.config import DTYPES
 from puzzles.layout import read_metadata
-from runtime.atomic import ensure_writable_dir
+from runtime.atomic import atomic_write_text, ensure_writable_dir
 from runtime.dist import cleanup, init_distributed, resolve_device
 from runtime.errors import ConfigError, DatasetError
 from runtime.logging import MetricsSink, WandbConfig, dashboard_config, get_logger
 from runtime.manifest import build_manifest, write_manifest
 from training.evaluation import EvalOptions, evaluate_split, write_eval_outputs
+from training.restart_policies import format_policy_table
 
 log = get_logger("evaluate")
 
@@ -103,6 +104,9 @@ def run(cfg: EvaluateConfig) -> dict:
                 log.info("restart-and-select (K=%d, select=%s, sigma=%g): exact %.4f -> %.4f, gain %+.4f (95%% CI %+.4f to %+.4f); "
                          "oracle best-of-K %.4f", r["k"], cfg.select, cfg.sigma, r["exact_accuracy_plain"], r["exact_accuracy_selected"],
                          r["gain"], ci[0], ci[1], r["oracle_best_of_k"])
+                table = Path(cfg.output_dir) / "restart_policies.md"
+                atomic_write_text(table, format_policy_table(r["policies"], m["count"]))
+                log.info("restarts against early pruning at equal compute: %s", table)
         return result.metrics
     finally:
         cleanup()

@@ -28,6 +28,8 @@ from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.dist import DistInfo, fail_together, gather_arrays_to_rank0, inject_fault
 from runtime.errors import ConfigError, DatasetError
 from runtime.logging import rank0_tqdm
+from training.fast_path import compile_model
+from training.restart_policies import compare_policies
 
 
 SELECT_RULES = ("q_halt", "vote", "adaptive")
@@ -48,6 +50,9 @@ class EvalOptions:
     low-confidence trajectories are abandoned and their budget spent on a fresh restart. No
     oracle is involved; "q_halt" and "vote" cost K times the compute, "adaptive" only the
     restarts it runs (reported as `mean_segments`).
+
+    compile: run the core under torch.compile (same predictions as eager up to float round-off;
+    the plain path pads the last batch so one graph serves every batch).
     """
 
     segments: int | None = None
@@ -60,6 +65,7 @@ class EvalOptions:
     select: str = "q_halt"
     sigma: float = 0.1
     restart_seed: int = 0
+    compile: bool = False
 
     def check(self) -> None:
         """ConfigError for restart settings that cannot run."""
@@ -176,6 +182,17 @@ def run_segments(core: RecurrentCore, batch: dict[str, torch.Tensor], segments: 
     }
 
 
+def run_segments_padded(core: RecurrentCore, batch: dict[str, torch.Tensor], segments: int, act_halting: bool,
+                        rows: int) -> dict[str, torch.Tensor]:
+    """`run_segments` on `batch` padded to `rows` rows (copies of its first row), records cut back
+    to the batch's own rows: rows are independent, so a compiled core sees one batch shape."""
+    n = batch["labels"].shape[0]
+    if n >= rows:
+        return run_segments(core, batch, segments, act_halting)
+    padded = {k: torch.cat([v, v[:1].expand(rows - n, *v.shape[1:])]) for k, v in batch.items()}
+    return {k: v[:n] for k, v in run_segments(core, padded, segments, act_halting).items()}
+
+
 def select_restart(preds: torch.Tensor, confidence: torch.Tensor, rule: str) -> torch.Tensor:
     """(B,) int64 index of the chosen restart. preds (B, K, L) answers, confidence (B, K) the
     model's own halting confidence. "q_halt": the most confident restart (the first on ties);
@@ -196,7 +213,10 @@ def restart_and_select(core: RecurrentCore, batch: dict[str, torch.Tensor], rows
                        opts: EvalOptions) -> dict[str, torch.Tensor]:
     """`run_segments` records of restart 0, with `logits` replaced by the selected restart's, plus
     restart_exact (B, K) bool, restart_confidence (B, K) float32 (final-segment confidence),
-    restart_chosen (B,) int64 and exact_unperturbed (B,) bool."""
+    restart_chosen (B,) int64, exact_unperturbed (B,) bool, and per segment for the policy
+    replay of `training.restart_policies`: restart_exact_by_segment (B, K, S) bool,
+    restart_confidence_by_segment (B, K, S) float32 and restart_answer (B, K) int64 (the first
+    restart giving the same final answer: equal ids, equal answers)."""
     arch = core.config
     K, B = opts.restarts, len(rows)
     base = run_segments(core, batch, segments, act_halting=False)
@@ -217,8 +237,14 @@ def restart_and_select(core: RecurrentCore, batch: dict[str, torch.Tensor], rows
     labels = batch["labels"]
     mask = labels != IGNORE_LABEL_ID
     restart_exact = ((preds == labels[:, None]) | ~mask[:, None]).all(-1)
+    per_segment = {key: torch.cat([base[key][:, None], kicked[key].view(B, K - 1, segments)], 1)
+                   for key in ("exact_by_segment", "q_halt_logits", "q_continue_logits")}  # (B, K, S)
+    answer = (preds[:, :, None] == preds[:, None]).all(-1).to(torch.int64).argmax(-1)  # (B, K)
     return {**base, "logits": logits[torch.arange(B), chosen], "restart_exact": restart_exact, "restart_chosen": chosen,
-            "restart_confidence": confidence, "exact_unperturbed": base["exact_by_segment"][:, -1]}
+            "restart_confidence": confidence, "exact_unperturbed": base["exact_by_segment"][:, -1],
+            "restart_exact_by_segment": per_segment["exact_by_segment"], "restart_answer": answer,
+            "restart_confidence_by_segment": halting_confidence(per_segment["q_halt_logits"], per_segment["q_continue_logits"],
+                                                                arch.no_ACT_continue).to(torch.float32)}
 
 
 def evaluate_split(
@@ -237,6 +263,7 @@ def evaluate_split(
     opts = opts or EvalOptions()
     opts.check()
     core = _core_of(model)
+    forward = compile_model(core) if opts.compile else core  # delegates config/initial_carry to core
     arch = core.config
     data = load_split(data_root, split)
     meta = data.metadata
@@ -267,7 +294,10 @@ def evaluate_split(
                 "labels": labels.to(device),
                 "puzzle_identifiers": torch.from_numpy(puzzle_ids[start : start + opts.batch_size].astype(np.int32)).to(device),
             }
-            out = run_segments(core, batch, segments, opts.act_halting) if opts.restarts == 1 else restart_and_select(core, batch, rows, segments, opts)
+            if opts.restarts == 1:  # compiled: every batch padded to one shape (no recompile for the last)
+                out = run_segments_padded(forward, batch, segments, opts.act_halting, min(opts.batch_size, len(shard)) if opts.compile else 0)
+            else:
+                out = restart_and_select(forward, batch, rows, segments, opts)
             mask = batch["labels"] != IGNORE_LABEL_ID
             preds = out["logits"].argmax(-1)
             token_acc = ((preds == batch["labels"]) & mask).sum(-1) / mask.sum(-1).clamp_min(1)
@@ -331,7 +361,8 @@ def restart_metrics(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
     selection kept the plain answer, and the oracle best-of-K (some restart right: a ceiling no
     selector without the labels can pass). `restarts_run_if_adaptive`: the mean number of
     restarts the adaptive rule runs (its compute in units of the plain evaluation; the other
-    rules run all k)."""
+    rules run all k). `policies`: restarts against early pruning at equal compute, one row per
+    policy (`training.restart_policies.compare_policies`)."""
     selected = arrays["exact"].astype(np.float64)
     plain = arrays["exact_unperturbed"].astype(np.float64)
     k = int(arrays["restart_exact"].shape[1])
@@ -351,6 +382,8 @@ def restart_metrics(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
         "gain_ci95": ci,
         "kept_plain_answer": float((arrays["restart_chosen"] == 0).mean()),
         "oracle_best_of_k": float(arrays["restart_exact"].any(1).mean()),
+        "policies": compare_policies(arrays["restart_exact_by_segment"], arrays["restart_confidence_by_segment"],
+                                     arrays["restart_answer"], seed=seed),
     }
 
 

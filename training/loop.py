@@ -10,8 +10,13 @@ One optimizer step (official `train_batch`, official.md section 3):
 
 Under torchrun each rank trains on its slice of every global batch (same sampler seed on every
 rank); parameters and buffers start from rank 0's. The run directory holds config.yaml,
-manifest.json, metrics.jsonl, eval/ and checkpoints/ (see train_state). Metrics are all-reduced
-every step: that is also how a non-finite loss or the time budget stops every rank at once.
+manifest.json, metrics.jsonl, eval/ and checkpoints/ (see train_state). Train metrics add up on
+the device and are all-reduced and read once per `log_interval` window (and before every
+evaluation, checkpoint and stop), so a GPU step never waits for the host to log; the stop flags
+(time budget, SIGINT/SIGTERM) are host values summed over ranks every step through the CPU group,
+so every rank stops at the same step. Batches are sampled a few steps ahead in a thread
+(training/prefetch.py); `launcher.cpu_matmul` and `launcher.compile` select the fast path
+(training/fast_path.py).
 Sections one rank may fail in while the others would wait in a collective (the dataset build,
 each step's forward/backward, a checkpoint save, an evaluation) run inside `rdist.fail_together`:
 the other ranks then stop with one line naming the failing rank and its message (no hang).
@@ -53,14 +58,17 @@ from training.augment import TrajectoryAugmenter
 from training.config import PretrainConfig
 from training.ema import EMA
 from training.evaluation import EvalOptions, evaluate_split
+from training.fast_path import compile_training, get_cpu_matmul, set_cpu_matmul
+from training.flossing import FlossingConfig, Flosser
 from training.optim import AdamATan2, SparseEmbeddingSignSGD
+from training.prefetch import Prefetcher
 from training.schedule import apply_lr_schedule
 from training.validation import first_examples, holdout_groups
 
 log = get_logger(__name__)
 
 # Config sections that define a run; resuming with different values is refused.
-IDENTITY_KEYS = ("arch", "data", "optim", "augment", "seed", "global_batch_size", "epochs")
+IDENTITY_KEYS = ("arch", "data", "optim", "augment", "regularize", "seed", "global_batch_size", "epochs")
 # Settings inside those sections that do not change what is trained (only how it is measured).
 NOT_IDENTITY = {"data": ("eval_n", "eval_batch_size")}
 NO_RESUME = (None, "", "none")  # values of `resume` that start a fresh run
@@ -181,6 +189,7 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: str) -
     data-derived arch fields are left out: the per-rank batch may differ, as a run can resume on
     another number of ranks). `where` names the saved run in the message, e.g. "run directory X"."""
     saved, current = dict(saved), dict(current)
+    saved.setdefault("regularize", dataclasses.asdict(FlossingConfig()))  # runs from before the option trained without it
     for d in (saved, current):
         if isinstance(d.get("arch"), dict):
             d["arch"] = {k: v for k, v in d["arch"].items() if k not in DERIVED_ARCH_KEYS}
@@ -232,7 +241,8 @@ class Trainer:
         self.ema = EMA(self.model.model, cfg.optim.ema_rate) if cfg.optim.ema else None
         self.augmenter = TrajectoryAugmenter(cfg.augment, cfg.global_batch_size // info.world_size, self.device, seed=cfg.seed * 1_000_003 + 7919 * (info.rank + 1))
         self.augmenter.install(self.model.model)
-        self.forward = torch.compile(self.model, dynamic=False) if cfg.launcher.compile else self.model
+        self.flosser = Flosser(cfg.regularize, cfg.global_batch_size // info.world_size * self.copies, cfg.seed, info.rank, info.world_size)
+        self.forward = compile_training(self.model, cfg.launcher.compile, cfg.launcher.compile_scope)
 
         meta = read_metadata(data_root, "train")
         # Validation split (training/validation.py): held-out train groups choose best.pt.
@@ -254,10 +264,15 @@ class Trainer:
         self.signals: StopSignals | None = None
         self.step = 0
         self.iters_done = 0
+        self.loader_state = self.loader.state_dict()  # sampler position after the last batch trained on
         self.carry: ACTCarry | None = None
         self.best: dict[str, Any] = {"exact_accuracy": None, "step": None}
         self.elapsed_before = 0.0
         self.last_saved_step = self.last_eval_step = -1
+        self.stop_step = 0  # set by fit
+        self.window: torch.Tensor | None = None  # train metric sums since the last read (device)
+        self.window_steps = 0
+        self.window_keys: list[str] = []
         self.config = config_dict(cfg)
         self.manifest: dict[str, Any] = {}
         if resume is not None:
@@ -303,7 +318,7 @@ class Trainer:
             "train": {
                 "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
                 "ema_decay": self.ema.decay if self.ema else None,
-                "loader": self.loader.state_dict(),
+                "loader": self.loader_state,
                 "iters_done": self.iters_done,
                 "rng": [g["rng"] for g in gathered],
                 "carry": [g["carry"] for g in gathered],
@@ -326,6 +341,7 @@ class Trainer:
         self.loader.load_state_dict(train["loader"])
         self.step = self.last_saved_step = int(payload["step"])
         self.iters_done = int(train["iters_done"])
+        self.loader_state = self.loader.state_dict()
         self.best = dict(train["best"])
         self.elapsed_before = float(train["elapsed_seconds"])
         rank, world = self.info.rank, self.info.world_size
@@ -343,15 +359,20 @@ class Trainer:
     def elapsed(self) -> float:
         return self.elapsed_before + (time.perf_counter() - self.t_start)
 
-    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Loader batches until the configured number of sampler iterations is done."""
-        while self.iters_done < self.total_iters:
+    def batches(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """Loader batches until the configured number of sampler iterations is done, each with
+        the sampler position right after it ({"loader", "iters_done"}, what a checkpoint taken
+        after training on it records). Runs ahead in the prefetch thread (training/prefetch.py)."""
+        iters_done = self.iters_done
+        while iters_done < self.total_iters:
             for _set_name, batch, _n in self.loader:
-                yield batch
-            self.iters_done += 1
+                yield batch, {"loader": self.loader.state_dict(), "iters_done": iters_done}
+            iters_done += 1
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimizer step on this rank's slice; returns global train metrics (every rank)."""
+        """One optimizer step on this rank's slice; returns the stop flags ("_stop", "_interrupt",
+        summed over ranks) and, when the step ends a metrics window, the window's global train
+        metrics (per-step means; every rank)."""
         self.step += 1
         self.augmenter.step = self.step
         batch = self.augmenter.replicate({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
@@ -359,24 +380,29 @@ class Trainer:
             rdist.inject_fault("step")
             if self.carry is None:
                 self.carry = self.model.initial_carry(batch)
+            if self.augmenter.enabled:  # noise drawn here, outside torch.compile (tensors in, no step guard)
+                self.augmenter.prepare(self.carry)
             self.carry, loss, metrics, _, _ = self.forward(self.carry, batch)
             (loss / self.global_batch).backward()
+            self.flosser.backward(self.model.model.inner, self.carry, self.step)  # regularize=flossing only
         rdist.all_reduce_sum_([p.grad for p in self.model.parameters() if p.grad is not None])
 
-        keys = sorted(metrics)
+        # Stop flags are host values, summed over ranks every step through the CPU group (no device
+        # sync); the metrics add up on the device and are read (one sync) at the end of a window.
         over_time = self.cfg.max_train_seconds is not None and self.info.is_main and self.elapsed() > self.cfg.max_train_seconds
         interrupted = self.signals is not None and self.signals.received is not None
-        flags = torch.tensor([float(over_time), float(interrupted)], dtype=torch.float64, device=loss.device)
-        values = torch.cat([torch.stack([metrics[k].detach().to(torch.float64) for k in keys] + [loss.detach().to(torch.float64)]), flags])
-        rdist.all_reduce_sum_([values])
-        sums = dict(zip(keys + ["loss", "_stop", "_interrupt"], values.tolist()))
-        if not math.isfinite(sums["loss"]):
-            kept = ts.checkpoint_dir(self.run_dir) / ts.checkpoint_name(self.last_saved_step) if self.last_saved_step > 0 else None
-            raise DivergenceError(
-                f"non-finite loss ({sums['loss']}) at step {self.step}; training stopped before the update, "
-                + (f"the last good checkpoint is {kept} (also last.pt)" if kept else "no checkpoint was written yet")
-                + "; lower optim.lr or check the data"
-            )
+        flags = torch.tensor([float(over_time), float(interrupted)], dtype=torch.float64)
+        if rdist.is_distributed():
+            torch.distributed.all_reduce(flags, group=rdist.cpu_group())
+        stop, interrupt = flags.tolist()
+        keys = sorted(metrics)
+        values = torch.stack([metrics[k].detach().to(torch.float64) for k in keys] + [loss.detach().to(torch.float64)])
+        self.window = values if self.window is None else self.window + values
+        self.window_steps += 1
+        self.window_keys = keys + ["loss"]
+        sync = self.window_ends(stop + interrupt > 0)
+        if sync:
+            sums = self.read_window()
         lrs = {}
         for name, opt in self.optimizers.items():
             lrs[name] = apply_lr_schedule(
@@ -388,13 +414,44 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model.model)
 
-        count = max(sums["count"], 1.0)
-        out = {f"train/{k}": (v / self.global_batch if k.endswith("loss") else v / count) for k, v in sums.items() if k not in ("count", "_stop", "_interrupt")}
-        out["train/count"] = sums["count"]
-        out["train/lr"] = lrs["adam"]
-        out["_stop"] = sums["_stop"]
-        out["_interrupt"] = sums["_interrupt"]
+        out: dict[str, float] = {}
+        if sync:  # window means: losses per trajectory, accuracies per halted example
+            count = max(sums["count"], 1e-12)
+            out = {f"train/{k}": (v / self.global_batch if k.endswith("loss") else v / count) for k, v in sums.items() if k != "count"}
+            out["train/count"] = sums["count"]
+            out["train/lr"] = lrs["adam"]
+        out.update(self.flosser.metrics())  # train/floss_* (collective when the term ran)
+        out["_stop"] = stop
+        out["_interrupt"] = interrupt
+        if self.augmenter.enabled:  # perturbation the model received, over this logging window
+            out.update(self.augmenter.window_metrics(end_window=sync))
         return out
+
+    def read_window(self) -> dict[str, float]:
+        """Sum the window's train metrics over ranks and read them (the device sync): per-step
+        means, keyed as the loss head names them plus "loss". DivergenceError when the loss was
+        not finite in it; with a one-step window that is before the step's update."""
+        rdist.all_reduce_sum_([self.window])
+        sums = dict(zip(self.window_keys, (self.window / self.window_steps).tolist()))
+        first, self.window, self.window_steps = self.step - self.window_steps + 1, None, 0
+        if not math.isfinite(sums["loss"]):
+            kept = ts.checkpoint_dir(self.run_dir) / ts.checkpoint_name(self.last_saved_step) if self.last_saved_step > 0 else None
+            when = (f"at step {self.step}; training stopped before the update" if first == self.step else
+                    f"in steps {first}..{self.step}; training stopped at step {self.step} (the weights in memory are not saved)")
+            raise DivergenceError(
+                f"non-finite loss ({sums['loss']}) {when}, "
+                + (f"the last good checkpoint is {kept} (also last.pt)" if kept else "no checkpoint was written yet")
+                + "; lower optim.lr or check the data"
+            )
+        return sums
+
+    def window_ends(self, stopping: bool) -> bool:
+        """Whether this step reads the train metrics (a device sync): every `log_interval` steps,
+        at the last step, before an evaluation or checkpoint (a non-finite loss is caught before
+        anything is saved), and when the run stops."""
+        cfg, step = self.cfg, self.step
+        return (stopping or step % cfg.log_interval == 0 or step >= self.stop_step
+                or any(interval and step % interval == 0 for interval in (cfg.eval_interval, cfg.checkpoint_interval)))
 
     def evaluate(self, test: bool = False, model: ACTLossHead | None = None) -> dict[str, Any]:
         """Evaluate the (EMA) weights on the selection set: the validation examples when
@@ -402,7 +459,8 @@ class Trainer:
         weights to evaluate as they are (best.pt's). Rank 0 gets the metrics, others {}."""
         on_val = self.val_index is not None and not test
         split, index = ("train", self.val_index) if on_val else (self.cfg.data.eval_split, None)
-        opts = EvalOptions(batch_size=self.cfg.data.eval_batch_size, n=None if on_val else self.cfg.data.eval_n, keep_logits=False)
+        opts = EvalOptions(batch_size=self.cfg.data.eval_batch_size, n=None if on_val else self.cfg.data.eval_n, keep_logits=False,
+                           compile=self.cfg.launcher.compile and self.cfg.launcher.compile_scope == "step")
         swap = self.ema.swapped(self.model.model) if self.ema and model is None else contextlib.nullcontext()
         with swap:
             result = evaluate_split(model or self.model, self.data_root, split, opts, self.device, self.info, progress=self.cfg.progress, index=index)
@@ -444,21 +502,22 @@ class Trainer:
         checkpoint on their intervals and once more at the end. SIGINT/SIGTERM finish the step
         in flight, write a checkpoint and raise InterruptedRun with the command that resumes."""
         cfg = self.cfg
-        stop_step = min(self.total_steps, cfg.max_steps or self.total_steps)
+        stop_step = self.stop_step = min(self.total_steps, cfg.max_steps or self.total_steps)
         self.t_start = time.perf_counter()
         train_metrics: dict[str, float] = {}
         eval_metrics: dict[str, Any] = {}
         bar = rank0_tqdm(total=stop_step, initial=self.step, desc="train", disable=not cfg.progress)
         last_t, last_step = time.perf_counter(), self.step
-        batches = self.batches()
-        with StopSignals() as self.signals:
+        prefetch = Prefetcher(self.batches(), depth=2, pin_memory=self.device.type == "cuda")
+        with StopSignals() as self.signals, contextlib.closing(prefetch):
             while self.step < stop_step:
-                batch = next(batches, None)  # pulled only when a step will use it (exact resume)
-                if batch is None:
+                item = next(prefetch, None)  # fetched ahead; its sampler position is recorded on use (exact resume)
+                if item is None:
                     break
-                train_metrics = self.train_step(batch)
+                self.loader_state, self.iters_done = item.state["loader"], item.state["iters_done"]
+                train_metrics = self.train_step(item.batch)
                 bar.update(1)
-                if self.step % cfg.log_interval == 0 or self.step == stop_step:
+                if "train/loss" in train_metrics:  # the step closed a metrics window
                     now = time.perf_counter()
                     train_metrics["train/examples_per_s"] = (self.step - last_step) * cfg.global_batch_size / max(now - last_t, 1e-9)
                     last_t, last_step = now, self.step
@@ -477,6 +536,8 @@ class Trainer:
                 if improved or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
                     self.save(best=improved)
         bar.close()
+        if self.window is not None:  # the sampler ran out inside a window: check it before saving
+            self.read_window()
         if self.step == 0:
             raise DatasetError(f"the sampler yielded no training batch from {self.data_root}")
         improved = False
@@ -593,10 +654,11 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
     if cfg.launcher.from_slurm:
         torchrun_env_from_slurm()
     info = rdist.init_distributed(rdist.resolve_device(cfg.launcher.device), cfg.launcher.dist_timeout_minutes)
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_deterministic, was_matmul = torch.are_deterministic_algorithms_enabled(), get_cpu_matmul()
     lock: DirectoryLock | None = None
     try:
         set_determinism(cfg.launcher.deterministic)
+        matmul_line = set_cpu_matmul(cfg.launcher.cpu_matmul)
         torch.manual_seed(cfg.seed + info.rank)
         np.random.seed(cfg.seed + info.rank)
         if cfg.launcher.expected_world_size and cfg.launcher.expected_world_size != info.world_size:
@@ -635,7 +697,8 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
             write_manifest(run_dir, trainer.manifest)
             log.info("run dir %s | %s | %d parameters | device %s x%d | dtype %s | git %s%s", run_dir, cfg.arch.name, trainer.num_params, info.device, info.world_size,
                      cfg.arch.forward_dtype, trainer.manifest["git"]["commit"][:10], " (dirty)" if trainer.manifest["git"]["dirty"] else "")
-            log.info("optimizer: %s", trainer.optimizers["adam"].describe_path())
+            log.info("optimizer: %s | %s | compile %s", trainer.optimizers["adam"].describe_path(), matmul_line,
+                     cfg.launcher.compile_scope if cfg.launcher.compile else "off")
         with MetricsSink(run_dir, cfg.logger, info.is_main, config=trainer.config) as sink:
             sink.update_config({"num_params": trainer.num_params, "world_size": info.world_size})
             if not resume:
@@ -645,4 +708,5 @@ def run(cfg: PretrainConfig, hydra_dir: str | None = None) -> TrainResult:
         if lock is not None:
             lock.release()
         torch.use_deterministic_algorithms(was_deterministic)
+        set_cpu_matmul(was_matmul)
         rdist.cleanup()

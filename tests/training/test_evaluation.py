@@ -55,6 +55,16 @@ def test_restart_and_select_on_an_official_checkpoint():
     assert r["restarts_run_if_adaptive"] == pytest.approx(np.where(fired.any(1), fired.argmax(1) + 1, 3).mean())
     lo, hi = r["gain_ci95"]
     assert lo <= r["gain"] <= hi
+    # per-segment records for the policy replay: restart 0's are the plain trajectory's
+    assert a["restart_exact_by_segment"].shape == a["restart_confidence_by_segment"].shape == (16, 3, 4)
+    np.testing.assert_array_equal(a["restart_exact_by_segment"][:, 0], plain.arrays["exact_by_segment"])
+    np.testing.assert_array_equal(a["restart_exact_by_segment"][:, :, -1], a["restart_exact"])
+    np.testing.assert_allclose(a["restart_confidence_by_segment"][:, :, -1], a["restart_confidence"], rtol=0, atol=0)
+    same = (a["restart_answer"][:, :, None] == a["restart_answer"][:, None, :])
+    assert (a["restart_answer"] <= np.arange(3)).all() and same.diagonal(axis1=1, axis2=2).all()
+    policies = {row["policy"]: row for row in r["policies"]}
+    assert policies["best of 3 (q_halt)"]["exact_accuracy"] == pytest.approx(r["exact_accuracy_selected"])  # select=q_halt, K=3
+    assert policies["adaptive (prune at S), up to 3 restarts"]["compute"] == pytest.approx(r["restarts_run_if_adaptive"])
     # restart 2 of the first example, recomputed alone from its documented noise
     core = loaded.model.model.inner
     first = {k: torch.from_numpy(np.asarray(v[:1])) for k, v in (("inputs", a["inputs"].astype(np.int32)), ("labels", a["labels"].astype(np.int64)))}
