@@ -54,7 +54,7 @@ class DemoPlan:
     extended_n: int = 512
     basin_n: int = 192
     clv_n: int = 64
-    restart_n: int = 192  # restart-and-select against early pruning (K trajectories each)
+    restart_n: int = 128  # restart-and-select against early pruning (K trajectories each)
     restart_k: int = 3
     restart_sigma: float = 0.3
     extra_train: list[str] = field(default_factory=lambda: ["data.eval_n=128"])
