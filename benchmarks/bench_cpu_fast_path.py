@@ -3,8 +3,8 @@
     OMP_NUM_THREADS=2 python benchmarks/bench_cpu_fast_path.py [--steps 150] [--chunk 10]
         [--variants eager,fast] [--noise-seed 1] [--givens 34 --givens-max 54] [hydra overrides ...]
 
-Trains the `sudoku_tiny` preset (or the calibration config: `--givens 45 --givens-max -1`, see
-../shared/reference/calibration.md) `--steps` optimizer steps once per variant, from the same
+Trains the `sudoku_tiny` preset (or the calibration config the official code's CPU speed was
+measured on: `--givens 45 --givens-max -1`, every puzzle with 45 givens) `--steps` optimizer steps once per variant, from the same
 seed, on the same batches, with the same random draws (each variant keeps its own torch/numpy RNG
 state between its chunks). The variants run interleaved, `--chunk` steps each in turn, so load
 from other processes falls on all of them alike; compare the ratio, not the absolute figures.
