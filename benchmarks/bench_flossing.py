@@ -1,12 +1,14 @@
 """Gradient flossing on the tiny Sudoku preset: off vs on at two weights, several seeds each.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_flossing.py [--minutes 5] [--seeds 0,1,2]
+    OMP_NUM_THREADS=2 python benchmarks/bench_flossing.py [--minutes 5 | --steps 600] [--seeds 0,1,2]
         [--weights 1,10] [--target 0] [--k 1] [--window 8] [--interval 1] [--sub-batch 8]
         [--n 512] [--no-basin] [--out outputs/bench/flossing] [hydra overrides ...]
 
 For each condition (regularize=none, then regularize=flossing at each weight) and seed, trains
 `experiment=sudoku_tiny` (tiny TRM-MLP, generated 9x9 Sudoku with 34..54 givens) for `--minutes`
-of wall time (the same budget for every run: flossing runs take fewer, dearer steps), then:
+of wall time (the same budget for every run: flossing runs take fewer, dearer steps), or, with
+`--steps`, for that many optimizer steps (the same updates for every run: the regularizer's effect
+per step, independent of machine load; its cost is then the time overhead per step), then:
   - test exact accuracy: the end-of-run evaluation on all 1,000 test puzzles (full segment budget);
   - `python -m diagnostics study=spectrum` (k = 1, float32, `--n` test puzzles): median lambda_1
     of successes and failures, AUC(-lambda_1 -> success);
@@ -107,6 +109,7 @@ def fmt(fmt_str: str, value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="training wall time per run")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run instead of a wall-time budget")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--weights", default="1,10", help="flossing weights (besides off)")
     parser.add_argument("--target", type=float, default=0.0)
@@ -139,7 +142,9 @@ def main() -> None:
             run_dir = folder / f"seed{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
             if not (run_dir / "done").exists():
-                run_cmd([py, "pretrain.py", "experiment=sudoku_tiny", f"seed={seed}", "max_steps=null", f"max_train_seconds={args.minutes * 60}",
+                budget = ([f"max_steps={args.steps}", "max_train_seconds=null"] if args.steps
+                          else ["max_steps=null", f"max_train_seconds={args.minutes * 60}"])
+                run_cmd([py, "pretrain.py", "experiment=sudoku_tiny", f"seed={seed}", *budget,
                          "checkpoint_interval=null", "logger=none", "progress=false", f"run_dir={run_dir}", "resume=auto", *reg, *args.overrides],
                         env, run_dir / "train.log")
                 (run_dir / "done").write_text("")
@@ -166,7 +171,8 @@ def main() -> None:
 
     # --- report ---------------------------------------------------------------------------------------
     header = f"{'condition':<10} {'seed':>5} " + " ".join(f"{h:>14}" for _, h, _ in COLUMNS)
-    print(f"\nflossing on sudoku_tiny: {args.minutes:g} min per run, seeds {seeds}, target {args.target:g}, k {args.k}, window {args.window}, "
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    print(f"\nflossing on sudoku_tiny: {budget} per run, seeds {seeds}, target {args.target:g}, k {args.k}, window {args.window}, "
           f"interval {args.interval}, sub-batch {args.sub_batch}; torch threads {env['OMP_NUM_THREADS']}; "
           f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after; {total / 60:.1f} min in all")
     print(header)

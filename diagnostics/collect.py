@@ -18,6 +18,17 @@ the first run's (`--kappa-ref RUN` picks another reference) with an approximate 
 runs' samples are independent, so on the log scale the standard errors (read off each CI as
 (ln hi - ln lo) / (2 x 1.96)) add in quadrature (delta method; a CI that reaches 0 gives none).
 
+With `--by KEY[,KEY...]` (dotted keys of the training config, e.g. `augment.mode,augment.sigma`)
+a third table aggregates a sweep over training settings and seeds: every collected checkpoint is
+placed in a condition by the values of those keys in its run's `config.yaml` (next to its
+`checkpoints/` folder, as pretrain.py writes it), and per condition each sweep metric is the mean
+over its checkpoints (one per training seed) with a 95% Student-t interval (scipy.stats.t; n is
+the number of checkpoints, so 3 seeds give a wide interval, as they should). The metrics: test
+exact accuracy from evaluate.py's `metrics.json` (found below the same DIRs), median lambda_1 of
+successes and failures and AUC(-lambda_1) (spectrum), the fraction of failures settled (B / (B +
+D) of the displacement study's settling cells) and the hard core (basin: failures no restart ever
+solves).
+
 Runs that cannot be read (corrupt summary.json) and partial runs (a Hydra job directory or
 result shards without summary.json, e.g. a study still running or killed) are listed below the
 table, never fatal. A DIR that does not exist, or a walk that finds nothing at all, is an error
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import io
 import json
 import math
@@ -34,7 +46,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import yaml
+from scipy.stats import t as student_t
 
 from diagnostics.registry import STUDIES, Headline
 from diagnostics.report import format_value, markdown_table
@@ -102,7 +117,7 @@ def short_names(paths: list[str]) -> dict[str, str]:
 def summary_row(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """One table row of a run's summary.json."""
     study = str(summary.get("study"))
-    row: dict[str, Any] = {"run": display_path(run_dir), "study": study, "checkpoint": summary.get("checkpoint"),
+    row: dict[str, Any] = {"run": display_path(run_dir), "study": study, "checkpoint": summary.get("checkpoint"), "_summary": summary,
                            "n": summary.get("n"), "accuracy": summary.get("accuracy", summary.get("accuracy_at_budget"))}
     for column, key, ci_key in headlines().get(study, ()):
         row[column] = lookup(summary, key)
@@ -132,10 +147,13 @@ def find_runs(roots: list[Path]) -> Collection:
             found.rows.append(summary_row(run_dir, summary))
         for marker in PARTIAL_MARKERS:
             partial.update(p.parent for p in root.rglob(marker) if p.is_dir())
-    found.skipped += [(display_path(d), "partial: no summary.json (still running, or stopped)") for d in partial - finished]
+    # A study's own sub-folders (basin's restarts/shards) belong to its finished run.
+    partial = {d for d in partial - finished if not any(p in finished for p in d.parents)}
+    found.skipped += [(display_path(d), "partial: no summary.json (still running, or stopped)") for d in partial]
     found.rows.sort(key=lambda r: natural_key(r["run"]))
     names = short_names([str(r["checkpoint"]) for r in found.rows if r["checkpoint"]])
     for row in found.rows:
+        row["_checkpoint_path"] = row["checkpoint"]
         row["checkpoint"] = names.get(str(row["checkpoint"]))
     found.skipped.sort(key=lambda s: natural_key(s[0]))
     if not found.rows and not found.skipped:
@@ -217,6 +235,132 @@ def to_csv(found: Collection) -> str:
     return buf.getvalue()
 
 
+def failures_settled(summary: dict[str, Any]) -> float | None:
+    """B / (B + D) of a displacement summary: the fraction of failures whose late drift settled."""
+    b, d = lookup(summary, "cells.B.count"), lookup(summary, "cells.D.count")
+    return None if b is None or d is None or b + d == 0 else b / (b + d)
+
+
+# (column, source: "evaluate" or a study name, value of that source's record)
+SWEEP_METRICS: tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("test exact", "evaluate", lambda m: m.get("exact_accuracy")),
+    ("median lambda1 success", "spectrum", lambda s: s.get("median_lambda1_success")),
+    ("median lambda1 failure", "spectrum", lambda s: s.get("median_lambda1_failure")),
+    ("AUC(-lambda1)", "spectrum", lambda s: s.get("auc_neg_lambda1")),
+    ("failures settled", "displacement", failures_settled),
+    ("hard core", "basin", lambda s: s.get("hard_core_ever")),
+)
+
+
+def checkpoint_key(path: Any) -> str:
+    return str(Path(str(path)).expanduser().resolve())
+
+
+def find_evaluations(roots: list[Path]) -> dict[str, dict[str, Any]]:
+    """Checkpoint (resolved path) -> evaluate.py's metrics.json below `roots` (the newest wins)."""
+    found: dict[str, tuple[float, dict[str, Any]]] = {}
+    for root in roots:
+        for path in root.rglob("metrics.json"):
+            try:
+                metrics = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(metrics, dict) and "exact_accuracy" in metrics and metrics.get("checkpoint"):
+                key, mtime = checkpoint_key(metrics["checkpoint"]), path.stat().st_mtime
+                if key not in found or mtime > found[key][0]:
+                    found[key] = (mtime, metrics)
+    return {k: m for k, (_, m) in found.items()}
+
+
+def training_config(checkpoint: str) -> dict[str, Any] | None:
+    """The training config of a checkpoint's run: `config.yaml` beside its `checkpoints/` folder
+    (or beside the file itself); None for a checkpoint without one (e.g. an official one)."""
+    path = Path(checkpoint)
+    for folder in (path.parent.parent, path.parent):
+        if (folder / "config.yaml").is_file():
+            try:
+                config = yaml.safe_load((folder / "config.yaml").read_text())
+            except (OSError, yaml.YAMLError):
+                return None
+            return config if isinstance(config, dict) else None
+    return None
+
+
+def mean_t_interval(values: list[float]) -> tuple[float | None, list[float] | None]:
+    """Mean and its 95% Student-t interval over independent runs (no interval below 2 values)."""
+    if not values:
+        return None, None
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, None
+    half = float(student_t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, [m - half, m + half]
+
+
+def sweep_table(found: Collection, evaluations: dict[str, dict[str, Any]], keys: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows (one per condition: the `keys` values of the training config) with, per sweep
+    metric, the mean over the condition's checkpoints, its 95% t-interval and n; the second
+    value lists the checkpoints left out (no config.yaml, or a key missing from it)."""
+    per_checkpoint: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in found.rows:
+        if row.get("_checkpoint_path"):
+            per_checkpoint.setdefault(checkpoint_key(row["_checkpoint_path"]), {})[row["study"]] = row["_summary"]
+    for key, metrics in evaluations.items():
+        per_checkpoint.setdefault(key, {})["evaluate"] = metrics
+    conditions: dict[tuple, dict[str, list]] = {}
+    left_out: list[str] = []
+    for checkpoint, sources in sorted(per_checkpoint.items(), key=lambda kv: natural_key(kv[0])):
+        config = training_config(checkpoint)
+        values = [lookup(config, k) if config else None for k in keys]
+        if config is None or any(v is None and not has_key(config, k) for v, k in zip(values, keys)):
+            left_out.append(f"{display_path(Path(checkpoint))}: " + ("no config.yaml beside its checkpoints/ folder" if config is None
+                                                                      else f"its config.yaml has no {', '.join(k for k in keys if not has_key(config, k))}"))
+            continue
+        cond = conditions.setdefault(tuple(str(v) for v in values), {"seeds": []})
+        cond["seeds"].append(config.get("seed"))
+        for column, source, value_of in SWEEP_METRICS:
+            value = value_of(sources[source]) if source in sources else None
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                cond.setdefault(column, []).append(float(value))
+    rows = []
+    for cond_key, cond in conditions.items():
+        row: dict[str, Any] = dict(zip(keys, cond_key))
+        row["checkpoints"] = len(cond["seeds"])
+        row["seeds"] = ",".join(str(s) for s in sorted(cond["seeds"], key=lambda s: (s is None, s)))
+        for column, _, _ in SWEEP_METRICS:
+            values = cond.get(column, [])
+            row[column], row[f"{column} ci95"] = mean_t_interval(values)
+            row[f"{column} n"] = len(values)
+        rows.append(row)
+    return rows, left_out
+
+
+def has_key(config: dict[str, Any], dotted: str) -> bool:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+def sweep_markdown(rows: list[dict[str, Any]], left_out: list[str], keys: list[str]) -> str:
+    """The per-condition table: mean [95% t-interval] (n) for every sweep metric."""
+    columns = [*keys, "checkpoints", "seeds", *(c for c, _, _ in SWEEP_METRICS)]
+    cells = []
+    for r in rows:
+        out = {c: r[c] for c in (*keys, "checkpoints", "seeds")}
+        for c, _, _ in SWEEP_METRICS:
+            out[c] = "" if r[c] is None else f"{cell(r[c], r[f'{c} ci95'])} (n={r[f'{c} n']})"
+        cells.append(out)
+    text = (f"\nPer condition of {', '.join(keys)}: mean over checkpoints (one per training seed) [95% Student-t interval] (n "
+            "checkpoints). test exact: evaluate.py; lambda1 and AUC: spectrum; failures settled: displacement B / (B + D); "
+            "hard core: basin, failures no restart solves.\n\n" + markdown_table(cells, columns) + "\n")
+    if left_out:
+        text += "\nNot in a condition:\n" + "\n".join(f"- {line}" for line in left_out) + "\n"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: print the Markdown table; write --out / --csv when given; returns 0."""
     parser = argparse.ArgumentParser(prog="python -m diagnostics.collect", description=__doc__.split("\n\n")[0])
@@ -224,9 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
     parser.add_argument("--csv", type=Path, help="write the table as CSV here")
     parser.add_argument("--kappa-ref", default=None, help="run whose escape rate the other extended runs are compared with (default: the first)")
+    parser.add_argument("--by", default=None, help="training-config keys (comma-separated, e.g. augment.mode,augment.sigma) to aggregate "
+                                                   "checkpoints over seeds by")
     args = parser.parse_args(argv)
     found = find_runs(args.dirs)
     table = to_markdown(found) + kappa_table(found, args.kappa_ref)
+    if args.by:
+        keys = [k.strip() for k in args.by.split(",") if k.strip()]
+        rows, left_out = sweep_table(found, find_evaluations(args.dirs), keys)
+        if not rows:  # a mistyped key, or runs that are not this project's
+            first = next((line for line in left_out if " has no " in line), left_out[0] if left_out else None)
+            raise UserError(f"--by {args.by}: no collected checkpoint could be placed in a condition"
+                            + (f" ({first}{f', and {len(left_out) - 1} more' if len(left_out) > 1 else ''})" if first else ""))
+        table += sweep_markdown(rows, left_out, keys)
     print(table, end="", flush=True)
     if args.out:
         atomic_write_text(args.out, table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import json
 import subprocess
 import sys
@@ -122,3 +123,61 @@ def test_escape_rate_ratio_between_two_extended_runs(tmp_path, capsys):
     rows = [line for line in out.split("Escape rates")[1].splitlines() if line.startswith(f"| {tmp_path}")]
     hrm, trm = (next(r for r in rows if f"/{name} |" in r) for name in ("hrm", "trm"))
     assert hrm.endswith(f"| 0.250000 [{ci[0]:.6f}, {ci[1]:.6f}] |") and trm.endswith("| 1.000000 |")
+
+
+def write_sweep_checkpoint(root: Path, mode: str, sigma: float, seed: int, values: dict) -> str:
+    """A training run folder (config.yaml + checkpoints/last.pt's path) and its study and
+    evaluate outputs elsewhere under `root`, as launch/augment_sweep.sh lays them out."""
+    run = root / "train" / f"{mode}_{sigma:g}" / str(seed)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"seed: {seed}\naugment:\n  mode: {mode}\n  sigma: {sigma}\n")
+    ckpt = str(run / "checkpoints" / "last.pt")
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "metrics.json").write_text(json.dumps({"exact_accuracy": values["exact"], "token_accuracy": 0.9, "checkpoint": ckpt}))
+    tag = f"{mode}_{sigma:g}_{seed}"
+    write_summary(root / "studies" / "spectrum" / tag, {"study": "spectrum", "checkpoint": ckpt, "n": 100, "accuracy": values["exact"],
+                                                        "median_lambda1_success": values["l_succ"], "median_lambda1_failure": values["l_fail"],
+                                                        "auc_neg_lambda1": values["auc"], "auc_neg_lambda1_ci95": [0.5, 1.0]})
+    cells = {c: {"count": n} for c, n in zip("ABCD", (60, values["B"], 5, values["D"]))}
+    write_summary(root / "studies" / "displacement" / tag, {"study": "displacement", "checkpoint": ckpt, "n": 100, "accuracy": 0.6, "cells": cells})
+    basin = root / "studies" / "basin" / tag
+    write_summary(basin, {"study": "basin", "checkpoint": ckpt, "n": 50, "accuracy": 0.6, "n_failures": 20, "hard_core_ever": values["core"]})
+    (basin / "restarts" / "shards").mkdir(parents=True)  # the study's own resumable pass: not a partial run
+    return ckpt
+
+
+def test_sweep_table_means_and_t_intervals_per_condition(tmp_path, capsys):
+    """--by augment.mode,augment.sigma: three seeds of `none` with test exact 0.7, 0.8, 0.9 give the
+    mean 0.8 and the 95% t-interval 0.8 +- t(0.975, 2) * 0.1 / sqrt(3) = 0.8 +- 0.248414; failures
+    settled is B / (B + D) per checkpoint (1/4, 2/4, 3/4 -> 0.5); a condition with one seed has a
+    mean and no interval; a checkpoint without config.yaml is listed, not placed."""
+    from diagnostics.collect import find_evaluations, sweep_table
+
+    for seed, exact, b in ((0, 0.7, 10), (1, 0.8, 20), (2, 0.9, 30)):
+        write_sweep_checkpoint(tmp_path, "none", 0.0, seed, {"exact": exact, "l_succ": -0.1 * (seed + 1), "l_fail": 0.1, "auc": 0.9,
+                                                             "B": b, "D": 40 - b, "core": 0.5})
+    write_sweep_checkpoint(tmp_path, "multi_perturbed_ce", 0.001, 0, {"exact": 0.75, "l_succ": -0.2, "l_fail": 0.2, "auc": 0.95, "B": 0, "D": 0,
+                                                                      "core": 0.25})
+    write_summary(tmp_path / "studies" / "spectrum" / "official", {"study": "spectrum", "checkpoint": str(tmp_path / "official.pt"), "n": 10,
+                                                                   "accuracy": 0.5})
+    found = find_runs([tmp_path])
+    assert found.skipped == []  # basin's restarts/shards folder is part of its finished run
+    rows, left_out = sweep_table(found, find_evaluations([tmp_path]), ["augment.mode", "augment.sigma"])
+    none = next(r for r in rows if r["augment.mode"] == "none")
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert none["augment.sigma"] == "0.0" and none["checkpoints"] == 3 and none["seeds"] == "0,1,2"
+    assert none["test exact"] == pytest.approx(0.8) and none["test exact ci95"] == pytest.approx([0.8 - half, 0.8 + half])
+    assert none["median lambda1 success"] == pytest.approx(-0.2) and none["median lambda1 success ci95"] == pytest.approx([-0.2 - half, -0.2 + half])
+    assert none["median lambda1 failure ci95"] == pytest.approx([0.1, 0.1]) and none["AUC(-lambda1)"] == pytest.approx(0.9)
+    assert none["failures settled"] == pytest.approx(0.5) and none["failures settled ci95"] == pytest.approx([0.5 - 2.5 * half, 0.5 + 2.5 * half])
+    assert none["hard core"] == pytest.approx(0.5) and none["hard core n"] == 3
+    multi = next(r for r in rows if r["augment.mode"] == "multi_perturbed_ce")
+    assert multi["augment.sigma"] == "0.001" and multi["test exact"] == pytest.approx(0.75) and multi["test exact ci95"] is None
+    assert multi["failures settled"] is None and multi["failures settled n"] == 0  # no failures in cells B, D
+    assert len(left_out) == 1 and "official.pt: no config.yaml" in left_out[0]
+    assert main([str(tmp_path), "--by", "augment.mode,augment.sigma"]) == 0
+    out = capsys.readouterr().out
+    assert "Per condition of augment.mode, augment.sigma" in out and "| none | 0.0 | 3 | 0,1,2 | 0.800000 [" in out
+    assert "Not in a condition:" in out and "Not collected" not in out
+    with pytest.raises(UserError, match=r"--by augment.nope: no collected checkpoint could be placed .*its config.yaml has no augment.nope"):
+        main([str(tmp_path), "--by", "augment.nope"])
