@@ -1,7 +1,8 @@
-"""Accuracy of the CPU preset against wall time: does `experiment=sudoku_tiny` really learn?
+"""Accuracy of a CPU Sudoku preset against wall time: does `experiment=sudoku_tiny` (or `hrm_tiny`) learn?
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_tiny_training.py [--minutes 10] [--givens 45]
-        [--givens-max 54] [--eval-every 150] [--out outputs/bench/tiny] [hydra overrides ...]
+    OMP_NUM_THREADS=2 python benchmarks/bench_tiny_training.py [--experiment sudoku_tiny] [--minutes 10]
+        [--givens 45] [--givens-max 54] [--eval-every 150] [--out outputs/bench/tiny] [hydra overrides ...]
+    OMP_NUM_THREADS=2 python benchmarks/bench_tiny_training.py --experiment hrm_tiny --minutes 15 --givens 45 --givens-max -1
 
 Trains the preset's model and optimisation (calibration.md) on generated 9x9 Sudoku (20,000 train,
 1,000 held-out test puzzles at `--givens`, or a uniform mix of `--givens`..`--givens-max` per
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="sudoku_tiny", help="a Sudoku preset in conf/experiment/")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--givens", type=int, default=34)
     parser.add_argument("--givens-max", type=int, default=54, help="-1: every puzzle has --givens givens")
@@ -45,7 +47,7 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     overrides = [
-        "experiment=sudoku_tiny", f"data.build.givens={args.givens}",
+        f"experiment={args.experiment}", f"data.build.givens={args.givens}",
         f"data.build.givens_max={'null' if args.givens_max < 0 else args.givens_max}", "max_steps=null",
         f"max_train_seconds={args.minutes * 60}", f"eval_interval={args.eval_every}",
         "checkpoint_interval=null", "logger=none", f"run_dir={out}", *args.overrides,
@@ -62,7 +64,7 @@ def main() -> None:
     start = next(r["time"] for r in records if r["step"] == 0)
     speed = {r["step"]: r["train/examples_per_s"] / cfg.global_batch_size for r in records if "train/examples_per_s" in r}
     givens = f"{args.givens}" if args.givens_max < 0 else f"{args.givens}..{args.givens_max}"
-    print(f"\nsudoku_tiny model on {givens}-givens Sudoku (20k train, 1000 test), torch threads {torch.get_num_threads()}, "
+    print(f"\n{args.experiment} model on {givens}-givens Sudoku (20k train, 1000 test), torch threads {torch.get_num_threads()}, "
           f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     print(f"{'step':>6} {'wall min':>9} {'exact':>7} {'token':>7}")
     for r in records:

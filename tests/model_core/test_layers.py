@@ -42,6 +42,15 @@ def test_cross_entropies_ignore_masked_positions():
     assert softmax_cross_entropy(logits, labels)[0, 0].item() == pytest.approx(ref.item(), rel=1e-6)
 
 
+def test_cross_entropies_take_the_sliced_logits_the_heads_produce():
+    """The heads score logits[:, prefix:] (non-contiguous): both losses equal those of a copy."""
+    logits = torch.randn(2, 4 + 3, 5)[:, 4:]
+    labels = torch.tensor([[1, -100, 2], [0, 3, 4]])
+    assert not logits.is_contiguous()
+    for fn in (stablemax_cross_entropy, softmax_cross_entropy):
+        assert torch.equal(fn(logits, labels), fn(logits.contiguous(), labels))
+
+
 def test_rms_norm_is_weightless_and_unit_rms():
     x = torch.randn(3, 7, 16) * 5
     y = rms_norm(x, 1e-5)
