@@ -50,6 +50,8 @@ class DiagnoseConfig:
     batch_size: examples per forward pass.
     allow_non_finite: load a checkpoint with NaN/Inf weights (to inspect it; any study still
         refuses to summarise non-finite exponents or drifts).
+    cpu_matmul: CPU fp32 matmul routing, as training's `launcher.cpu_matmul` ("onednn" only where
+        a probe shows fp32 accuracy; float64 studies are unaffected).
     """
 
     study: StudyConfig = MISSING
@@ -61,4 +63,5 @@ class DiagnoseConfig:
     dtype: str = "float32"
     batch_size: int = 64
     allow_non_finite: bool = False
+    cpu_matmul: str = "onednn"
     wandb: WandbConfig = field(default_factory=_default_wandb)

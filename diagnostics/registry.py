@@ -39,6 +39,10 @@ from diagnostics.config import BatchedStudyConfig, DiagnoseConfig, StudyConfig
 from diagnostics.driver import BatchedRun, Jobs, drive
 from diagnostics.studies import basin, clv, displacement, extended, spectrum, stats, validate
 from runtime.errors import ConfigError
+from runtime.logging import get_logger
+from training.fast_path import cpu_matmul_routing
+
+log = get_logger(__name__)
 
 # (column of the collect table, dotted key of the value in summary.json, dotted key of its
 # [lo, hi] 95% CI or None); columns with the same name in several studies share one column
@@ -134,7 +138,10 @@ def get_study(name: str) -> Study:
 def run_study(cfg: DiagnoseConfig, out_dir: str | Path) -> int:
     """Run the study named `cfg.study.name` into `out_dir` (what `python -m diagnostics` does
     after composing the config); returns its exit code."""
-    return drive(get_study(cfg.study.name), cfg, Path(out_dir))
+    study = get_study(cfg.study.name)
+    with cpu_matmul_routing(cfg.cpu_matmul, "cpu_matmul") as line:
+        log.info("%s", line)
+        return drive(study, cfg, Path(out_dir))
 
 
 def register_configs() -> None:

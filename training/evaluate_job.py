@@ -24,6 +24,7 @@ from runtime.dist import cleanup, init_distributed, resolve_device
 from runtime.errors import ConfigError, DatasetError
 from runtime.logging import MetricsSink, WandbConfig, dashboard_config, get_logger
 from runtime.manifest import build_manifest, write_manifest
+from training.fast_path import cpu_matmul_routing
 from training.evaluation import EvalOptions, evaluate_split, write_eval_outputs
 from training.restart_policies import format_policy_table
 
@@ -35,7 +36,9 @@ class EvaluateConfig:
     """evaluate.py options. `dtype` overrides the checkpoint's forward dtype (None keeps it);
     `allow_non_finite` loads weights that hold NaN/Inf (refused otherwise); `restarts` > 1 turns
     on restart-and-select inference (`select`, `sigma`, `restart_seed`: see
-    `training.evaluation.EvalOptions`)."""
+    `training.evaluation.EvalOptions`); `cpu_matmul` routes CPU fp32 matmuls as training's
+    `launcher.cpu_matmul` does (oneDNN only where a probe shows fp32 accuracy; the official
+    fixtures' predictions are reproduced either way)."""
 
     checkpoint: str = "???"
     data_path: str = "???"
@@ -55,6 +58,7 @@ class EvaluateConfig:
     select: str = "q_halt"
     sigma: float = 0.1
     restart_seed: int = 0
+    cpu_matmul: str = "onednn"
     wandb: WandbConfig = field(default_factory=lambda: WandbConfig(mode="disabled"))
 
 
@@ -66,6 +70,13 @@ def register_configs() -> None:
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate `cfg.checkpoint` on `cfg.split` of `cfg.data_path`; rank 0 writes the outputs. Returns
     the metrics (the same dict as OUT/metrics.json's metrics)."""
+    with cpu_matmul_routing(cfg.cpu_matmul, "cpu_matmul") as line:
+        log.info("%s", line)
+        return evaluate_checkpoint(cfg)
+
+
+def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
+    """`run` under the chosen matmul routing."""
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
         raise ConfigError(f"output_dir={cfg.output_dir} is a file; name a folder to write metrics.json and predictions.npz into")
     ensure_writable_dir(cfg.output_dir)  # before any work: an unwritable folder fails now, not after the evaluation

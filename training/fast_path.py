@@ -23,8 +23,9 @@ resumes either of them exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -60,21 +61,22 @@ def onednn_keeps_fp32() -> bool:
     return float((got - exact).norm() / exact.norm()) < FP32_PROBE_TOLERANCE
 
 
-def set_cpu_matmul(choice: str) -> str:
+def set_cpu_matmul(choice: str, key: str = "launcher.cpu_matmul") -> str:
     """Route CPU fp32 matmuls ("default": PyTorch's BLAS, "onednn": oneDNN where the probe shows
-    fp32 accuracy) and return the line start-up logs. Process-wide; CUDA is unaffected.
+    fp32 accuracy) and return the line start-up logs. Process-wide; CUDA is unaffected. `key`
+    names the setting in messages.
 
     Raises:
         ConfigError: `choice` is not one of CPU_MATMULS.
     """
     if choice not in CPU_MATMULS:
-        raise ConfigError(f"launcher.cpu_matmul={choice!r} is not one of {', '.join(CPU_MATMULS)}")
+        raise ConfigError(f"{key}={choice!r} is not one of {', '.join(CPU_MATMULS)}")
     if choice == "default":
         torch.backends.mkldnn.matmul.fp32_precision = "none"
         return "CPU fp32 matmuls: PyTorch's default BLAS"
     if not onednn_keeps_fp32():
         torch.backends.mkldnn.matmul.fp32_precision = "none"
-        log.warning("launcher.cpu_matmul=onednn: oneDNN would compute fp32 matmuls in bfloat16 on this processor; keeping the default BLAS")
+        log.warning("%s=onednn: oneDNN would compute fp32 matmuls in bfloat16 on this processor; keeping the default BLAS", key)
         return "CPU fp32 matmuls: PyTorch's default BLAS (oneDNN would round to bfloat16 here)"
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"  # oneDNN path; the probe showed fp32 math
     return "CPU fp32 matmuls: oneDNN (probe: fp32 accuracy kept)"
@@ -83,6 +85,18 @@ def set_cpu_matmul(choice: str) -> str:
 def get_cpu_matmul() -> str:
     """The current routing, as `set_cpu_matmul` names it (to restore it afterwards)."""
     return "onednn" if torch.backends.mkldnn.matmul.fp32_precision == "bf16" else "default"
+
+
+@contextlib.contextmanager
+def cpu_matmul_routing(choice: str, key: str) -> Iterator[str]:
+    """`set_cpu_matmul(choice)` for the duration of a block (evaluate.py, the studies), then the
+    routing found before; yields the start-up line."""
+    before = get_cpu_matmul()
+    line = set_cpu_matmul(choice, key)
+    try:
+        yield line
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16" if before == "onednn" else "none"
 
 
 def compile_model(model: torch.nn.Module) -> Callable:

@@ -35,6 +35,7 @@ from diagnostics.registry import STUDIES, Study, register_configs
 from diagnostics.report import settings_table
 from runtime.errors import ConfigError
 from tests.conftest import OFFICIAL_FIXTURES
+from training.fast_path import cpu_matmul_routing
 
 REPO = Path(__file__).resolve().parents[2]
 TRM = OFFICIAL_FIXTURES / "trm_mlp"
@@ -136,7 +137,8 @@ def test_toy_study_runs_through_the_cli_and_collect_shows_its_headline(toy_regis
 
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["study"], summary["n"], summary["segments"]) == ("toy", N, 4)  # segments null -> halt_max_steps of the fixture
-    expected = independent_final_drift(TRM / "run", TRM / "data")
+    with cpu_matmul_routing("onednn", "cpu_matmul"):  # the studies' default routing (bit-for-bit comparison)
+        expected = independent_final_drift(TRM / "run", TRM / "data")
     assert summary["mean_final_drift"] == pytest.approx(expected, rel=1e-12)
     with np.load(out / "results.npz") as z:
         assert z["final_drift"].shape == (N,) and np.all(np.diff(z["index"]) > 0)

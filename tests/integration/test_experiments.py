@@ -52,7 +52,7 @@ def _fake_dataset(root: Path, vocab: int, seq_len: int) -> Path:
 
 
 def test_every_experiment_has_a_recipe_here_or_is_a_cpu_preset():
-    assert set(EXPERIMENTS) == PUBLISHED | {"sudoku_tiny", "maze_tiny"}
+    assert set(EXPERIMENTS) == PUBLISHED | {"sudoku_tiny", "maze_tiny", "hrm_tiny"}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -4,6 +4,8 @@ Test hypotheses:
 - `set_cpu_matmul("onednn")` never lowers the precision: with it on, fp32 products keep fp32
   accuracy against float64 (relative error < 1e-5; fp32 accumulation gives ~1e-7, a bfloat16
   down-conversion ~1e-3), and the setting is process-wide and restorable.
+- evaluate.py and the studies (`cpu_matmul`, default onednn) route only inside their run and
+  restore the process's routing after it, also when the run raises; a bad value is one line.
 - Compiled evaluation gives the eager predictions: identical argmax answers and per-segment
   exactness, q logits equal to float round-off (atol 1e-4 on logits of order 1-10: inductor fuses
   and reorders fp32 sums, which moves them by ~1e-6). The last batch is padded, so one graph
@@ -28,11 +30,11 @@ from model_core.core import RecurrentCore
 from model_core.registry import build_model
 from puzzles.build import build_dataset
 from puzzles.builders import SudokuGenConfig
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, UserError
 from tests.integration.helpers import assert_same, compose_pretrain, load, tiny_overrides, train, train_records
 from training import loop as training
 from training.evaluation import EvalOptions, evaluate_split
-from training.fast_path import compile_training, get_cpu_matmul, onednn_keeps_fp32, set_cpu_matmul
+from training.fast_path import compile_training, cpu_matmul_routing, get_cpu_matmul, onednn_keeps_fp32, set_cpu_matmul
 from training.loop import derive_arch
 from training.prefetch import Prefetcher
 
@@ -58,6 +60,26 @@ def test_onednn_matmul_keeps_fp32_accuracy():
         assert get_cpu_matmul() == "default"
         with pytest.raises(ConfigError, match=r"launcher.cpu_matmul='blas' is not one of default, onednn"):
             set_cpu_matmul("blas")
+    finally:
+        set_cpu_matmul(before)
+
+
+def test_evaluation_and_studies_route_matmuls_only_inside_their_run(sudoku4, tmp_path):
+    from diagnostics.config import DiagnoseConfig
+    from training.evaluate_job import EvaluateConfig, run as evaluate
+
+    assert EvaluateConfig().cpu_matmul == DiagnoseConfig.cpu_matmul == "onednn"
+    before = get_cpu_matmul()
+    try:
+        set_cpu_matmul("default")
+        with cpu_matmul_routing("onednn", "cpu_matmul") as line:
+            assert line.startswith("CPU fp32 matmuls:") and get_cpu_matmul() == ("onednn" if onednn_keeps_fp32() else "default")
+        assert get_cpu_matmul() == "default"
+        with pytest.raises(UserError, match=r"checkpoint not found"):  # fails inside the routed block: restored all the same
+            evaluate(EvaluateConfig(checkpoint=str(tmp_path / "missing.pt"), data_path=str(sudoku4), output_dir=str(tmp_path / "out"), device="cpu"))
+        assert get_cpu_matmul() == "default"
+        with pytest.raises(ConfigError, match=r"^cpu_matmul='mkl' is not one of default, onednn$"):
+            evaluate(EvaluateConfig(checkpoint="x", data_path="y", output_dir=str(tmp_path / "out2"), cpu_matmul="mkl"))
     finally:
         set_cpu_matmul(before)
 
