@@ -26,11 +26,7 @@
 # single run, 6 min per multi run (N_PERTURBED=1), 3 min of evaluation and studies per checkpoint:
 # ~2 h for the default 15 checkpoints.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 SWEEP_DIR="${SWEEP_DIR:-outputs/sweeps/augment}"
 SEEDS="${SEEDS:-0,1,2}"
 SIGMAS="${SIGMAS:-1e-3,1e-1}"

@@ -10,11 +10,7 @@
 set -euo pipefail
 : "${EXPERIMENT:?is not set: run one of the recipe scripts in launch/, which source this file}"
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 NPROC="${NPROC:-2}"
 DRY_RUN="${DRY_RUN:-0}"
 STAMP="$(date +%Y-%m-%d_%H-%M-%S)"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.helpers import REPO, compose_pretrain
 
-SCRIPTS = sorted(p.stem for p in (REPO / "launch").glob("*.sh") if p.name not in ("common.sh", "augment_sweep.sh"))  # recipes
+SCRIPTS = sorted(p.stem for p in (REPO / "launch").glob("*.sh") if p.name not in ("common.sh", "env.sh", "augment_sweep.sh"))  # recipes
 STAMP = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d"
 
 
