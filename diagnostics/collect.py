@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import io
 import json
 import math
 import re
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
