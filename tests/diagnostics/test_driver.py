@@ -103,10 +103,11 @@ def test_sigint_keeps_finished_shards_and_the_rerun_completes_identically(data, 
     clean = tmp_path / "clean"
     drive(PROBE, config(data), clean)
     out = tmp_path / "out"
+    handler = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     with pytest.raises(InterruptedStudy, match=rf"^probe interrupted with 1 of 2 batches done; the finished shards in {out}/shards are kept; "
                                                rf"rerun the same command with hydra.run.dir={out} to resume$"):
         drive(PROBE, config(data, interrupt_at=0), out)
-    assert shards(out) == ["batch_000000.npz"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert shards(out) == ["batch_000000.npz"] and signal.getsignal(signal.SIGINT) is handler  # restored
     # the rerun (same settings, so the same fingerprint) does batch 1 only
     drive(PROBE, config(data, interrupt_at=0), out)
     with np.load(clean / "results.npz") as a, np.load(out / "results.npz") as b:

@@ -26,7 +26,7 @@ def pretrain(*args: str):
 
 
 def test_unknown_experiment():
-    assert_one_line_error(pretrain("experiment=trm_sudoku"), "no config 'experiment/trm_sudoku'; available: hrm_maze, hrm_sudoku, maze_tiny")
+    assert_one_line_error(pretrain("experiment=trm_sudoku"), "no config 'experiment/trm_sudoku'; available: hrm_maze, hrm_sudoku, hrm_tiny, maze_tiny")
 
 
 def test_mistyped_key(sudoku4, tmp_path):
