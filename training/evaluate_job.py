@@ -24,8 +24,8 @@ from runtime.dist import cleanup, init_distributed, resolve_device
 from runtime.errors import ConfigError, DatasetError
 from runtime.logging import MetricsSink, WandbConfig, dashboard_config, get_logger
 from runtime.manifest import build_manifest, write_manifest
-from training.fast_path import cpu_matmul_routing
 from training.evaluation import EvalOptions, evaluate_split, write_eval_outputs
+from training.fast_path import cpu_matmul_routing
 from training.restart_policies import format_policy_table
 
 log = get_logger("evaluate")
