@@ -11,8 +11,8 @@
 #   augment=none (sigma recorded as 0), augment=single_perturbed_ce x SIGMAS,
 #   augment=multi_perturbed_ce (clean + N_PERTURBED perturbed copies) x SIGMAS; x SEEDS each.
 # Then per checkpoint: evaluate.py on the 1,000 test puzzles; study=spectrum (k = 1, N_STUDY
-# puzzles), study=displacement (N_STUDY), study=basin (N_BASIN failures' worth of puzzles, 3
-# restarts at sigma 0, 0.3, 1, 16 segments): the demo's settings. Finally
+# puzzles), study=displacement (N_STUDY), study=basin (N_BASIN puzzles, their failures restarted 3
+# times at sigma 0, 0.3, 1 for 16 segments): the demo's settings. Finally
 #   python -m diagnostics.collect SWEEP_DIR --by augment.mode,augment.sigma
 # writes SWEEP_DIR/table.md: per condition, test exact, median lambda_1 of successes and failures,
 # AUC(-lambda_1), failures settled and the hard core, each a mean over seeds with a 95% t-interval.
@@ -22,9 +22,10 @@
 # finished study re-summarises its shards), SEEDS (0,1,2), SIGMAS (1e-3,1e-1), N_PERTURBED (1: the
 # published recipe uses 3, which makes each step of a multi run 4x dearer), N_STUDY (512), N_BASIN
 # (192), PYTHON (.venv/bin/python if present), OMP_NUM_THREADS (the core count), DRY_RUN=1.
-# CPU cost on 2 cores (measured, see README "Trajectory augmentation"): about 3 min per none or
-# single run, 6 min per multi run (N_PERTURBED=1), 3 min of evaluation and studies per checkpoint:
-# ~2 h for the default 15 checkpoints.
+# CPU cost, measured with two 1-thread jobs sharing 2 cores (README "Trajectory augmentation"):
+# about 5 min per none or single run, 10-11 min per multi run (N_PERTURBED=1), 3-4 min of
+# evaluation and studies per checkpoint at N_STUDY=256, N_BASIN=128: ~2.5 h for the default 15
+# checkpoints with the sweep alone on the cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 SWEEP_DIR="${SWEEP_DIR:-outputs/sweeps/augment}"
@@ -33,11 +34,7 @@ SIGMAS="${SIGMAS:-1e-3,1e-1}"
 N_PERTURBED="${N_PERTURBED:-1}"
 N_STUDY="${N_STUDY:-512}"
 N_BASIN="${N_BASIN:-192}"
-DRY_RUN="${DRY_RUN:-0}"
-overrides=()
-for arg in "$@"; do
-  if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else overrides+=("$arg"); fi
-done
+split_args "$@"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}" WANDB_MODE="${WANDB_MODE:-disabled}" HYDRA_FULL_ERROR="${HYDRA_FULL_ERROR:-0}"
 SWEEP_DIR="$(realpath -m "$SWEEP_DIR")"  # absolute: studies and evaluations name checkpoints by path
 

@@ -12,13 +12,8 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 NPROC="${NPROC:-2}"
-DRY_RUN="${DRY_RUN:-0}"
 STAMP="$(date +%Y-%m-%d_%H-%M-%S)"
-
-overrides=()
-for arg in "$@"; do
-  if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else overrides+=("$arg"); fi
-done
+split_args "$@"
 
 if [[ "${SLURM:-0}" == "1" ]]; then
   # The sweep dir is fixed here, not by ${now:} in each task (which a requeued job would redo).
