@@ -23,9 +23,9 @@
 # published recipe uses 3, which makes each step of a multi run 4x dearer), N_STUDY (512), N_BASIN
 # (192), PYTHON (.venv/bin/python if present), OMP_NUM_THREADS (the core count), DRY_RUN=1.
 # CPU cost, measured with two 1-thread jobs sharing 2 cores (README "Trajectory augmentation"):
-# about 5 min per none or single run, 10-11 min per multi run (N_PERTURBED=1), 3-4 min of
-# evaluation and studies per checkpoint at N_STUDY=256, N_BASIN=128: ~2.5 h for the default 15
-# checkpoints with the sweep alone on the cores.
+# about 5 min per none or single run, ~11 min per multi run (N_PERTURBED=1), ~1.3 min per
+# evaluation and ~1.5 min for the three studies per checkpoint at N_STUDY=256, N_BASIN=128:
+# ~2.4 h for the default 15 checkpoints with the sweep alone on the cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 SWEEP_DIR="${SWEEP_DIR:-outputs/sweeps/augment}"
